@@ -1,0 +1,290 @@
+"""Shared training machinery: single-process or ``torchrun`` (DistributedDataParallel),
+deterministic data order and per-step randomness (so ``--resume`` continues bit for bit),
+atomic checkpoints, JSON-lines logs, linear learning-rate annealing and EMA weights.
+
+Determinism: the batch of step s on rank r is a slice of the permutation of epoch
+s // steps_per_epoch (a generator seeded from (seed, epoch)), and every other random
+draw of step s (timesteps, noise, label dropout, attack starts, dropout masks) comes
+from generators seeded from (seed, step, rank). Nothing depends on how many steps ran
+before in this process, so a resumed run replays exactly what the uninterrupted run did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+# ---------------------------------------------------------------------------- distributed
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def setup_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group when started by ``torchrun`` (gloo on CPU, nccl on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda was requested but no CUDA device is available")
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return DistInfo(rank, world, local_rank, dev)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def all_reduce_mean(values: dict[str, float], info: DistInfo) -> dict[str, float]:
+    """Average scalar metrics over ranks."""
+    if not info.distributed or not values:
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    if info.device.type == "cuda":
+        tensor = tensor.to(info.device)
+    dist.all_reduce(tensor)
+    return {k: float(v) / info.world for k, v in zip(keys, tensor.cpu().tolist())}
+
+
+# ---------------------------------------------------------------------------- randomness
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (splitmix-style mixing, stable across runs)."""
+    x = 0x9E3779B97F4A7C15
+    for p in parts:
+        x ^= (int(p) + 0x9E3779B97F4A7C15 + (x << 6) + (x >> 2)) & 0xFFFFFFFFFFFFFFFF
+        x = (x * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+def step_generator(seed: int, step: int, rank: int, stream: int = 0) -> torch.Generator:
+    """The generator for the random draws of one training step on one rank."""
+    return torch.Generator().manual_seed(derive_seed(seed, step, rank, stream))
+
+
+def batch_indices(n: int, batch_per_rank: int, step: int, seed: int, info: DistInfo) -> torch.Tensor:
+    """Indices of the batch of ``step`` on this rank: epochs are fresh permutations; every
+    rank takes a disjoint slice (a distributed sampler without state)."""
+    global_batch = batch_per_rank * info.world
+    if global_batch > n:
+        raise ValueError(f"batch size {global_batch} is larger than the dataset ({n} images)")
+    steps_per_epoch = n // global_batch
+    epoch, position = divmod(step, steps_per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, epoch, 7919)))
+    start = position * global_batch + info.rank * batch_per_rank
+    return perm[start:start + batch_per_rank]
+
+
+# ---------------------------------------------------------------------------- schedule, EMA
+def linear_lr(step: int, total: int, lr: float, final_lr: float, warmup: int = 0) -> float:
+    """Linear warm-up (optional), then linear annealing from lr to final_lr over the run."""
+    if warmup and step < warmup:
+        return lr * (step + 1) / warmup
+    frac = min(1.0, step / max(1, total - 1))
+    return lr + (final_lr - lr) * frac
+
+
+class EMA:
+    """Exponential moving average of a model's parameters: theta_ema <- r theta_ema + (1 - r) theta."""
+
+    def __init__(self, model: nn.Module, rate: float):
+        self.rate = rate
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for ema_p, p in zip(self.model.parameters(), model.parameters()):
+            ema_p.mul_(self.rate).add_(p.detach(), alpha=1 - self.rate)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically (temporary file, then rename), so an interrupted save never
+    leaves a truncated checkpoint behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a training checkpoint safely (tensors and plain types only)."""
+    if not path.is_file():
+        raise SystemExit(f"cannot resume: {path} does not exist (train without --resume first)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise SystemExit(f"cannot resume: {path} is not a readable checkpoint ({exc})") from exc
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------- logging
+class JsonlLog:
+    """Append-only JSON lines (one record per logged step), on the main rank only."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path = path
+        self.enabled = enabled
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record, default=_plain) + "\n")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def progress(total: int, start: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, disable=not enabled, desc=desc, unit="step", dynamic_ncols=True,
+                file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------- CLI
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("data and run")
+    g.add_argument("--data", default="mnist",
+                   help="mnist (bundled), fashion-mnist (Debian package), a folder, or a .npz (default: mnist)")
+    g.add_argument("--on-bad-image", choices=["fail", "skip"], default="fail",
+                   help="what to do with an unreadable image in a folder dataset (default: fail)")
+    g.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, log.jsonl, exported model")
+    g.add_argument("--steps", type=int, default=1000, help="training iterations (default: 1000)")
+    g.add_argument("--batch-size", type=int, default=128, help="global batch size over all ranks (default: 128)")
+    g.add_argument("--lr", type=float, default=3e-4, help="initial learning rate (default: 3e-4)")
+    g.add_argument("--final-lr", type=float, default=None,
+                   help="learning rate at the last step, linearly annealed (default: same as --lr)")
+    g.add_argument("--warmup", type=int, default=0, help="linear warm-up steps (default: 0)")
+    g.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default: 0.05)")
+    g.add_argument("--seed", type=int, default=0, help="seed of every random draw of the run (default: 0)")
+    g.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (default: 500)")
+    g.add_argument("--log-every", type=int, default=25, help="write a log line every N steps (default: 25)")
+    g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt, bit for bit")
+    g.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
+                   help="mixed precision for forward/backward (bf16 roughly halves a CPU step)")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def check_common_args(args: argparse.Namespace) -> None:
+    if args.steps <= 0:
+        raise SystemExit("--steps must be positive")
+    if args.batch_size <= 0:
+        raise SystemExit("--batch-size must be positive")
+    if args.save_every <= 0 or args.log_every <= 0:
+        raise SystemExit("--save-every and --log-every must be positive")
+    if args.final_lr is None:
+        args.final_lr = args.lr
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def per_rank_batch(args: argparse.Namespace, info: DistInfo) -> int:
+    if args.batch_size % info.world:
+        raise SystemExit(f"--batch-size {args.batch_size} is not divisible by {info.world} processes")
+    return args.batch_size // info.world
+
+
+def autocast(args: argparse.Namespace, device: torch.device):
+    if args.amp == "none":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if args.amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def command_line() -> str:
+    """The command that started this process, for manifests."""
+    launcher = "torchrun --nproc_per_node=" + os.environ["WORLD_SIZE"] + " " if "WORLD_SIZE" in os.environ else ""
+    module = sys.argv[0]
+    if module.endswith(".py"):
+        module = "-m " + os.path.relpath(module).removesuffix(".py").replace(os.sep, ".")
+    return f"{launcher}python {module} " + " ".join(_quote(a) for a in sys.argv[1:])
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def iterate_steps(start: int, total: int) -> Iterator[int]:
+    return iter(range(start, total))
+
+
+def nan_guard(loss: torch.Tensor, step: int) -> None:
+    if not math.isfinite(float(loss)):
+        raise SystemExit(f"the loss became {float(loss)} at step {step}; lower --lr or use --amp none")

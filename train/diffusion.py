@@ -1,0 +1,182 @@
+"""Train the demo denoiser: a class-conditional guided-diffusion UNet whose labels are
+dropped to a null class with probability ``--label-dropout``, so one model also samples
+unconditionally and supports classifier-free guidance (Ho & Salimans 2021).
+
+Objective: L_simple (epsilon MSE, Ho et al. 2020) plus, with ``--learn-sigma``, the
+variational-bound term for the variance (Nichol & Dhariwal 2021). EMA weights are
+exported.
+
+Examples::
+
+    # the bundled MNIST denoiser (see models/bundle.json for the exact command)
+    python -m train.diffusion --out runs/denoiser --steps 6000 --batch-size 64 --amp bf16
+
+    # resume an interrupted run bit for bit
+    python -m train.diffusion --out runs/denoiser --steps 6000 --batch-size 64 --amp bf16 --resume
+
+    # two processes (gloo on CPU, nccl on GPU)
+    torchrun --nproc_per_node=2 -m train.diffusion --out runs/denoiser-ddp --steps 6000 --batch-size 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from engine.bundles import save_model_file
+from engine.data import DataError, load_split, split_description, to_model_range
+from engine.diffusion import DiffusionConfig, create_diffusion
+from engine.diffusion.losses import training_losses
+from engine.nets import UNetModel
+from engine.nets.flags import denoiser_kwargs
+
+from . import common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m train.diffusion", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_common_args(parser)
+    m = parser.add_argument_group("denoiser")
+    m.add_argument("--image-size", type=int, default=None, help="model resolution (default: the data's)")
+    m.add_argument("--num-channels", type=int, default=32, help="base width (default: 32)")
+    m.add_argument("--num-res-blocks", type=int, default=2, help="residual blocks per level (default: 2)")
+    m.add_argument("--channel-mult", default="1,2,2", help="width multiplier per level (default: 1,2,2)")
+    m.add_argument("--attention-resolutions", default="7", help="pixel resolutions with self-attention (default: 7)")
+    m.add_argument("--num-heads", type=int, default=4, help="attention heads (default: 4)")
+    m.add_argument("--dropout", type=float, default=0.1, help="dropout in residual blocks (default: 0.1)")
+    m.add_argument("--learn-sigma", type=int, choices=[0, 1], default=1,
+                   help="learn the variance range (default: 1)")
+    m.add_argument("--noise-schedule", choices=["linear", "cosine"], default="cosine", help="(default: cosine)")
+    m.add_argument("--diffusion-steps", type=int, default=1000, help="(default: 1000)")
+    m.add_argument("--label-dropout", type=float, default=0.1,
+                   help="probability of replacing a label by the null class (default: 0.1; 0 disables)")
+    m.add_argument("--ema-rate", type=float, default=0.999, help="EMA rate of the exported weights (default: 0.999)")
+    m.add_argument("--default-respacing", default="100", help="respacing recorded as the model's default (default: 100)")
+    return parser
+
+
+def model_flags(args: argparse.Namespace, channels: int, image_size: int, num_labels: int) -> dict:
+    """guided-diffusion flags of the denoiser (extended with in_channels / num_classes)."""
+    return {
+        "image_size": image_size, "in_channels": channels, "num_channels": args.num_channels,
+        "num_res_blocks": args.num_res_blocks, "channel_mult": args.channel_mult,
+        "attention_resolutions": args.attention_resolutions, "num_heads": args.num_heads,
+        "dropout": args.dropout, "class_cond": True, "num_classes": num_labels,
+        "learn_sigma": bool(args.learn_sigma), "use_scale_shift_norm": True, "resblock_updown": True,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    common.check_common_args(args)
+    if not 0.0 <= args.label_dropout < 1.0:
+        raise SystemExit("--label-dropout must lie in [0, 1)")
+    info = common.setup_distributed(args.device)
+    try:
+        return train(args, info)
+    finally:
+        common.cleanup_distributed()
+
+
+def train(args: argparse.Namespace, info: common.DistInfo) -> int:
+    try:
+        data = load_split(args.data, "train", image_size=args.image_size, on_error=args.on_bad_image)
+    except DataError as exc:
+        raise SystemExit(f"data: {exc}") from None
+    channels, image_size = data.images.shape[1], data.images.shape[-1]
+    num_classes = data.num_classes
+    null_label = num_classes if args.label_dropout > 0 else None
+    flags = model_flags(args, channels, image_size, num_classes + (1 if null_label is not None else 0))
+    kwargs = denoiser_kwargs(flags)
+    diffusion_config = DiffusionConfig(steps=args.diffusion_steps, noise_schedule=args.noise_schedule,
+                                       learn_sigma=bool(args.learn_sigma))
+    diffusion = create_diffusion(diffusion_config)
+
+    torch.manual_seed(args.seed)
+    model = UNetModel(**kwargs).to(info.device)
+    ema = common.EMA(model, args.ema_rate)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    ckpt_path = args.out / "checkpoint.pt"
+    start, elapsed_before = 0, 0.0
+    if args.resume:
+        state = common.load_checkpoint(ckpt_path)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        common.set_rng_state(state["rng"])
+        start, elapsed_before = int(state["step"]), float(state.get("train_seconds", 0.0))
+        if start >= args.steps:
+            print(f"{ckpt_path} is already at step {start} >= --steps {args.steps}; nothing to do", file=sys.stderr)
+    ema.model.to(info.device)
+    net = DistributedDataParallel(model) if info.distributed else model
+    batch = common.per_rank_batch(args, info)
+    images, labels = data.images, data.labels
+    log = common.JsonlLog(args.out / "log.jsonl", info.is_main)
+    if info.is_main and start == 0:
+        log.write({"event": "start", "command": common.command_line(), "flags": flags,
+                   "diffusion": diffusion_config.to_dict(), "world": info.world, "images": len(data),
+                   "parameters": sum(p.numel() for p in model.parameters())})
+    timer = common.Timer()
+    bar = common.progress(args.steps, start, info.is_main and not args.no_progress, "denoiser")
+    running: dict[str, float] = {}
+    for step in range(start, args.steps):
+        idx = common.batch_indices(len(images), batch, step, args.seed, info)
+        x0 = to_model_range(images[idx]).to(info.device)
+        y = labels[idx].clone()
+        g = common.step_generator(args.seed, step, info.rank)
+        t = torch.randint(0, diffusion.num_timesteps, (batch,), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        if null_label is not None:
+            y[torch.rand(batch, generator=g) < args.label_dropout] = null_label
+        t, noise, y = t.to(info.device), noise.to(info.device), y.to(info.device)
+        x_t = diffusion.q_sample(x0, t, noise)
+        torch.manual_seed(common.derive_seed(args.seed, step, info.rank, 1))  # dropout masks
+        model.train()
+        with common.autocast(args, info.device):
+            out = net(x_t, diffusion.network_timesteps(t), y)
+        losses = training_losses(diffusion, out.float(), x0, x_t, t, noise)
+        loss = losses["loss"].mean()
+        common.nan_guard(loss, step)
+        lr = common.linear_lr(step, args.steps, args.lr, args.final_lr, args.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        ema.update(model)
+        for key in ("loss", "mse", "vb"):
+            running[key] = running.get(key, 0.0) + float(losses[key].mean())
+        running["n"] = running.get("n", 0) + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(loss):.4f}")
+        done = step + 1
+        if done % args.log_every == 0 or done == args.steps:
+            n = running.pop("n")
+            metrics = common.all_reduce_mean({k: v / n for k, v in running.items()}, info)
+            log.write({"step": done, "lr": lr, **metrics, "seconds": elapsed_before + timer.elapsed()})
+            running = {}
+        if info.is_main and (done % args.save_every == 0 or done == args.steps):
+            common.save_checkpoint(ckpt_path, {
+                "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                "step": done, "rng": common.rng_state(), "args": vars(args) | {"out": str(args.out)},
+                "train_seconds": elapsed_before + timer.elapsed()})
+    bar.close()
+    if info.is_main:
+        meta = {"diffusion": diffusion_config.to_dict(), "null_label": null_label, "class_names": data.class_names,
+                "flags": flags, "command": common.command_line(), "seed": args.seed,
+                "split": split_description(args.data), "part": "train", "steps": args.steps,
+                "batch_size": args.batch_size, "world": info.world, "amp": args.amp,
+                "train_seconds": round(elapsed_before + timer.elapsed(), 1), "weights": "ema",
+                "ema_rate": args.ema_rate, "default_respacing": args.default_respacing}
+        save_model_file(args.out / "model.pt", ema.model, kind="denoiser", config=kwargs, meta=meta)
+        print(f"wrote {args.out / 'model.pt'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
