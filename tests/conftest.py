@@ -79,7 +79,7 @@ def write_tiny_bundle(folder: Path, seed: int = 0) -> Path:
     unet = UNetModel(**dk)
     # random (non-zero) output layers so samples depend on the network
     for p in unet.parameters():
-        if p.dim() > 1 and float(p.abs().sum()) == 0.0:
+        if p.dim() > 1 and float(p.detach().abs().sum()) == 0.0:
             torch.nn.init.normal_(p, std=0.02)
     save_model_file(folder / "denoiser.pt", unet, kind="denoiser", config=dk,
                     meta={"diffusion": diffusion, "null_label": 10})
@@ -87,7 +87,7 @@ def write_tiny_bundle(folder: Path, seed: int = 0) -> Path:
     for name in ("vanilla", "robust", "nonrobust"):
         net = EncoderUNetModel(**ck)
         for p in net.parameters():
-            if p.dim() > 1 and float(p.abs().sum()) == 0.0:
+            if p.dim() > 1 and float(p.detach().abs().sum()) == 0.0:
                 torch.nn.init.normal_(p, std=0.05)
         save_model_file(folder / f"{name}.pt", net, kind="classifier", config=ck, meta={})
     judge = JudgeNet(in_channels=1, num_classes=10, width=8)
