@@ -1,0 +1,384 @@
+"""Command line of the survey: ``python -m survey COMMAND --help``.
+
+Examples
+--------
+Create a study from the project's bundled MNIST models (vanilla s=0.5 vs robust s=1.0,
+200 pairs, 10 % gold and 10 % repeated pairs), invite raters, serve, report::
+
+    python -m survey init   --db survey.db
+    python -m survey create --db survey.db --name mnist-v-r --from-bundle \\
+        --methods vanilla:0.5 robust:1.0 --pairs 200 --gold-rate 0.1 --repeat-rate 0.1 --seed 0 \\
+        --exclude-gold-below 0.75
+    python -m survey invite --db survey.db --count 30 --base-url http://localhost:8000
+    python -m survey serve  --db survey.db --host 0.0.0.0 --port 8000 --admin-password "$PW"
+    python -m survey report --db survey.db              # Markdown; --json for JSON
+    python -m survey export --db survey.db --out votes.csv
+    python -m survey report --votes votes.csv --denominator all
+    python -m survey power  --paper                     # sample size for the paper's effect
+
+From existing samples instead of the bundle::
+
+    python -m survey create --db s.db --name imagenet --from-npz vanilla.npz robust.npz \\
+        --names vanilla robust --class-names imagenet_classes.txt --pairs 200
+    python -m survey create --db s.db --name folders --from-folders out/vanilla out/robust
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .quality import DEFAULT_FAST_MS, ExclusionRules
+
+ADMIN_ENV = "SURVEY_ADMIN_PASSWORD"
+
+
+def default_media(db: str) -> Path:
+    """``<db stem>_media`` next to a SQLite file; other databases need --media."""
+    from sqlalchemy.engine import make_url
+
+    from .db import normalise_url
+
+    url = make_url(normalise_url(db))
+    if url.get_backend_name() != "sqlite" or not url.database:
+        raise SystemExit("error: give --media FOLDER for a non-SQLite database (every server must see the folder)")
+    path = Path(url.database)
+    return path.with_name(path.stem + "_media")
+
+
+def _add_db(p: argparse.ArgumentParser, media: bool = False) -> None:
+    p.add_argument("--db", required=True, help="SQLAlchemy URL or SQLite file, e.g. survey.db or "
+                                               "postgresql+psycopg://user@host/survey")
+    if media:
+        p.add_argument("--media", type=Path, help="folder of the study images (default: <db>_media next to a "
+                                                  "SQLite file)")
+
+
+def _add_exclusions(p: argparse.ArgumentParser, when: str) -> None:
+    g = p.add_argument_group(f"exclusion rules ({when})")
+    g.add_argument("--exclude-gold-below", type=float, metavar="FRACTION",
+                   help="drop raters whose gold-pair accuracy is below this, e.g. 0.75")
+    g.add_argument("--exclude-faster-than-ms", type=float, metavar="MS",
+                   help="drop raters whose median answer time is below this")
+    g.add_argument("--exclude-one-sided", action="store_true", help="drop raters who always chose the same side")
+    g.add_argument("--exclude-inconsistent-below", type=float, metavar="FRACTION",
+                   help="drop raters whose repeat-pair consistency is below this")
+    g.add_argument("--exclude-rater", action="append", default=[], metavar="ID", help="drop this rater (repeatable)")
+
+
+def _rules(args: argparse.Namespace) -> ExclusionRules | None:
+    given = any([args.exclude_gold_below is not None, args.exclude_faster_than_ms is not None, args.exclude_one_sided,
+                 args.exclude_inconsistent_below is not None, args.exclude_rater])
+    if not given:
+        return None
+    return ExclusionRules(args.exclude_gold_below, args.exclude_faster_than_ms, args.exclude_one_sided,
+                          args.exclude_inconsistent_below, tuple(args.exclude_rater))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m survey", description="Pairwise human preference study "
+                                     "(Left / Right / Same) of guided-diffusion samples, and its analysis.",
+                                     epilog=__doc__.split("Examples\n--------\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", help="create or migrate the database schema")
+    _add_db(p)
+
+    p = sub.add_parser("create", help="create a study (from the bundle, two .npz files or two folders)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_db(p, media=True)
+    p.add_argument("--name", required=True, help="study name (unique in the database)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-bundle", nargs="?", const="", metavar="BUNDLE_DIR",
+                     help="generate with a bundle (default: the project's models/)")
+    src.add_argument("--from-npz", nargs=2, type=Path, metavar=("A.npz", "B.npz"),
+                     help="two guided-diffusion sample files with the same seeds and labels (paired by index)")
+    src.add_argument("--from-folders", nargs=2, type=Path, metavar=("DIR_A", "DIR_B"),
+                     help="two folders of images matched by relative file name")
+    p.add_argument("--methods", nargs="+", default=["vanilla:0.5", "robust:1.0"],
+                   help="bundle methods as [label=]guide[:scale]")
+    p.add_argument("--names", nargs=2, metavar=("A", "B"), help="method names of the two files / folders")
+    p.add_argument("--class-names", type=Path, help="JSON list or one class name per line (for labels)")
+    p.add_argument("--pairs", type=int, default=None,
+                   help="number of (class, seed) units; bundle default 200, files default all")
+    p.add_argument("--per-rater", type=int, default=40, help="main pairs each rater answers")
+    p.add_argument("--gold-rate", type=float, default=0.0, help="gold (attention check) items per main item")
+    p.add_argument("--repeat-rate", type=float, default=0.0, help="repeated (sides flipped) items per main item")
+    p.add_argument("--seed", type=int, default=0, help="draws classes, seeds, subsets and gold pairs")
+    p.add_argument("--respacing", default=None, help="sampling steps, e.g. 250 (bundle default otherwise)")
+    p.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim"])
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--fast-ms", type=float, default=DEFAULT_FAST_MS, help="median latency below which a rater is "
+                                                                          "flagged as fast")
+    _add_exclusions(p, "declared now, applied by every report of this study")
+
+    p = sub.add_parser("invite", help="create rater links")
+    _add_db(p)
+    p.add_argument("--study", help="study name or id (default: the newest)")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--count", type=int, default=1, help="number of unnamed raters")
+    who.add_argument("--name", action="append", dest="rater_names", help="a rater's name (repeatable)")
+    p.add_argument("--base-url", default="http://127.0.0.1:8000",
+                   help="where raters reach the survey, e.g. http://host:7860/survey when mounted in the lab")
+
+    p = sub.add_parser("serve", help="run the survey web server alone (uvicorn)")
+    _add_db(p, media=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--admin-password", default=None,
+                   help=f"enables /results (or set {ADMIN_ENV}; the environment keeps it out of `ps`)")
+    p.add_argument("--log-level", default="warning")
+
+    p = sub.add_parser("report", help="analyse the votes (Markdown, or --json)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--db", help="study database")
+    src.add_argument("--votes", type=Path, help="votes CSV (format: survey/votes.py, README)")
+    p.add_argument("--study", help="study name or id (default: the newest)")
+    p.add_argument("--json", action="store_true", help="JSON instead of Markdown")
+    p.add_argument("--denominator", choices=["decisive", "all"], default="decisive",
+                   help="Table 2 share of a pair: of its decisive answers (the paper) or of all its answers")
+    p.add_argument("--thresholds", default="50,60,70,80", help="Table 2 thresholds in percent")
+    p.add_argument("--confidence", type=float, default=0.95)
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates (0 = skip)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--order", help="method order, first = the paper's 'robust', e.g. robust,vanilla")
+    p.add_argument("--fast-ms", type=float, default=None, help=f"fast flag threshold (default: study setting or "
+                                                               f"{DEFAULT_FAST_MS:g})")
+    p.add_argument("--out", type=Path, help="write to this file instead of standard output")
+    _add_exclusions(p, "given here replace the study's declared rules; say so in the paper")
+
+    p = sub.add_parser("export", help="raw votes as CSV")
+    _add_db(p)
+    p.add_argument("--study", help="study name or id (default: the newest)")
+    p.add_argument("--out", type=Path, help="CSV file (default: standard output)")
+
+    p = sub.add_parser("power", help="sample size for the sign test")
+    eff = p.add_mutually_exclusive_group(required=True)
+    eff.add_argument("--effect", type=float, help="expected first-method share of decisive answers, e.g. 0.555")
+    eff.add_argument("--paper", action="store_true", help="the paper's effect, tie rate and answers per pair")
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--power", type=float, default=0.8)
+    p.add_argument("--tie-rate", type=float, default=0.0, help="expected share of Same answers")
+    p.add_argument("--answers-per-pair", type=float, default=None)
+    p.add_argument("--icc", type=float, default=0.0, help="intra-pair correlation (design effect)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("info", help="studies in a database and their counts")
+    _add_db(p)
+    return parser
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_init(args: argparse.Namespace) -> int:
+    from .db import current_revision, open_db
+
+    db = open_db(args.db)
+    print(f"{args.db}: schema at revision {current_revision(db.engine)}")
+    return 0
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    from .create import MethodSpec, StudyPlan, create_study, read_class_names, study_counts, units_from_bundle, \
+        units_from_folders, units_from_npz
+    from .db import open_db
+
+    media = args.media or default_media(args.db)
+    db = open_db(args.db)
+    class_names = read_class_names(args.class_names)
+    if args.from_bundle is not None:
+        from engine.bundles import load_bundle
+
+        bundle = load_bundle(args.from_bundle or None)
+        device = args.device
+        if device is None:
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        bundle.to(device)
+        specs = [MethodSpec.parse(m) for m in args.methods]
+        n = args.pairs if args.pairs is not None else 200
+
+        def progress(done: int, total: int) -> None:
+            print(f"  generated {done}/{total} units", file=sys.stderr)
+
+        units = units_from_bundle(bundle, specs, n, args.seed, respacing=args.respacing, sampler=args.sampler,
+                                  batch_size=args.batch_size, bundle_path=args.from_bundle or "models/",
+                                  progress=progress)
+        methods = [s.label for s in specs]
+        source = {"kind": "bundle", "bundle": args.from_bundle or "models/", "methods": args.methods,
+                  "respacing": args.respacing, "sampler": args.sampler}
+    elif args.from_npz:
+        units = units_from_npz(*args.from_npz, methods=args.names, class_names=class_names, limit=args.pairs,
+                               seed=args.seed)
+        methods = list(units[0])
+        source = {"kind": "npz", "files": [str(p) for p in args.from_npz]}
+    else:
+        units = units_from_folders(*args.from_folders, methods=args.names, class_names=class_names,
+                                   limit=args.pairs, seed=args.seed)
+        methods = list(units[0])
+        source = {"kind": "folders", "folders": [str(p) for p in args.from_folders]}
+    plan = StudyPlan(args.per_rater, args.gold_rate, args.repeat_rate, args.seed, _rules(args) or ExclusionRules(),
+                     args.fast_ms)
+    study_id = create_study(db, media, args.name, units, methods, plan, source)
+    counts = study_counts(db, study_id)
+    print(f"study {args.name!r} (id {study_id}) created: {counts['main_pairs']} main, {counts['gold_pairs']} gold, "
+          f"{counts['repeat_pairs']} repeat pairs; {counts['images']} images in {media}")
+    return 0
+
+
+def cmd_invite(args: argparse.Namespace) -> int:
+    from .create import find_study
+    from .db import open_db
+    from .flow import invite, invite_links
+
+    db = open_db(args.db)
+    study = find_study(db, args.study)
+    raters = invite(db, study.id, args.count, args.rater_names)
+    for rater, link in zip(raters, invite_links(raters, args.base_url)):
+        print(f"{rater.name}\t{link}" if rater.name else link)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .web import serve
+
+    password = args.admin_password or os.environ.get(ADMIN_ENV) or None
+    media = args.media or default_media(args.db)
+    print(f"survey on http://{args.host}:{args.port}/ (results view "
+          f"{'on at /results' if password else 'off: no --admin-password'})", file=sys.stderr, flush=True)
+    serve(args.db, media, args.host, args.port, password, args.log_level)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .analysis import default_order
+    from .report import ReportOptions, build_report, report_json, report_markdown
+
+    rules = _rules(args)
+    order = args.order.split(",") if args.order else None
+    fast_ms = args.fast_ms
+    if args.votes:
+        from .votes import read_votes_csv
+
+        votes = read_votes_csv(args.votes)
+        source, title = f"votes file {args.votes}", "Survey report"
+        rules_source = "command line" if rules else "none declared"
+    else:
+        from .create import find_study
+        from .db import open_db
+        from .votes import votes_from_db
+
+        db = open_db(args.db)
+        study = find_study(db, args.study)
+        with db.session() as session:
+            votes = votes_from_db(session, study.id)
+        source, title = f"study database {args.db}", f"Survey report: {study.name}"
+        declared = study.settings.get("exclusions")
+        if rules is None:
+            rules = ExclusionRules.from_dict(declared)
+            rules_source = f"study settings at creation ({study.settings.get('exclusions_declared_at', '?')})"
+        else:
+            rules_source = "command line (replacing the study's declared rules: " + \
+                "; ".join(ExclusionRules.from_dict(declared).describe()) + ")"
+        order = order or default_order(study.methods)
+        fast_ms = fast_ms if fast_ms is not None else study.settings.get("fast_ms")
+    try:
+        thresholds = [float(t) for t in args.thresholds.split(",")]
+    except ValueError:
+        raise SystemExit(f"error: --thresholds must be numbers separated by commas, got {args.thresholds!r}") from None
+    options = ReportOptions(thresholds, args.denominator, args.confidence, args.bootstrap, args.seed, order,
+                            float(fast_ms if fast_ms is not None else DEFAULT_FAST_MS), rules or ExclusionRules(),
+                            rules_source)
+    report = build_report(votes, options, title, source)
+    text = report_json(report) if args.json else report_markdown(report)
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .create import find_study
+    from .db import open_db
+    from .votes import votes_from_db, write_votes_csv
+
+    db = open_db(args.db)
+    study = find_study(db, args.study)
+    with db.session() as session:
+        votes = votes_from_db(session, study.id)
+    write_votes_csv(votes, args.out if args.out else sys.stdout)
+    if args.out:
+        print(f"{len(votes)} votes written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_power(args: argparse.Namespace) -> int:
+    from .power import PAPER_ANSWERS_PER_PAIR, PAPER_FIRST_SHARE, PAPER_TIE_RATE, required_sample_size
+
+    if args.paper:
+        p1, tie, per_pair = PAPER_FIRST_SHARE, PAPER_TIE_RATE, PAPER_ANSWERS_PER_PAIR
+    else:
+        p1, tie, per_pair = args.effect, args.tie_rate, args.answers_per_pair
+    plan = required_sample_size(p1, args.alpha, args.power, tie, per_pair, args.icc)
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2))
+        return 0
+    print(f"Exact two-sided sign test, alpha {plan.alpha}, power {plan.power:.0%}, true first-method share of "
+          f"decisive answers {plan.p1:.3f}:")
+    print(f"  decisive answers needed: {plan.decisive_answers} (achieved power {plan.achieved_power:.3f}; normal "
+          f"approximation {plan.decisive_answers_normal_approx})")
+    print(f"  total answers with {plan.tie_rate:.1%} Same answers and design effect {plan.design_effect:.2f}: "
+          f"{plan.total_answers}")
+    if plan.pairs is not None:
+        print(f"  pairs at {plan.answers_per_pair:g} answers per pair: {plan.pairs}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from .create import study_counts
+    from .db import open_db
+    from .models import Study
+
+    db = open_db(args.db)
+    with db.session() as session:
+        studies = session.scalars(select(Study).order_by(Study.id)).all()
+    if not studies:
+        print("no studies")
+    for s in studies:
+        print(f"{s.id}\t{s.name}\tmethods {', '.join(s.methods)}\t{study_counts(db, s.id)}")
+    return 0
+
+
+COMMANDS = {"init": cmd_init, "create": cmd_create, "invite": cmd_invite, "serve": cmd_serve, "report": cmd_report,
+            "export": cmd_export, "power": cmd_power, "info": cmd_info}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; user errors end with ``error: ...`` and exit status 2."""
+    from .analysis import AnalysisError
+    from .create import StudyError
+    from .db import SurveyDBError
+    from .flow import FlowError
+    from .votes import VotesError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (StudyError, VotesError, AnalysisError, SurveyDBError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except FlowError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+
+
+__all__ = ["build_parser", "main"]

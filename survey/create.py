@@ -1,0 +1,443 @@
+"""Creating a study: images of two (or more) methods that share class and seed, put in
+pairs, plus optional gold (attention check) and repeat pairs.
+
+Three sources of images, each giving "units" (one image per method, all of one class
+and seed):
+
+- :func:`units_from_bundle`: generate with the engine's shared-seed sampler (the
+  paper's protocol: same class label and same random seed for every method);
+- :func:`units_from_npz`: two guided-diffusion sample files (``arr_0`` uint8 NHWC,
+  ``arr_1`` labels) made with the same seeds and labels, paired by index;
+- :func:`units_from_folders`: two folders of images matched by relative file name.
+
+:func:`create_study` stores the images under random names with their full generation
+config and writes the pairs:
+
+- ``main``: for every unit, every combination of two methods (one pair per unit for
+  two methods);
+- ``repeat``: one row per main pair, shown only to a rater who already answered that
+  main pair, with the sides flipped (``repeat_per_rater`` of them per rater);
+- ``gold``: an intact image against a broken copy (blocks shuffled, noise) or against
+  an image of another class, shown with the intact image's class name; the intact
+  image is the correct answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+from sqlalchemy import select
+
+from .db import SurveyDB, utcnow
+from .media import as_hwc_uint8, break_image, read_png, save_png
+from .models import Image, Pair, Study
+from .quality import ExclusionRules
+
+QUESTION = "Which image is more realistic, and more aligned to the description?"
+DEFAULT_PER_RATER = 40
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+GOLD_BROKEN, GOLD_WRONG_CLASS = "gold:broken", "gold:wrong-class"
+
+
+class StudyError(ValueError):
+    """A study cannot be created as asked; the message says what to change."""
+
+
+@dataclass
+class SourceImage:
+    """One image to store: uint8 pixels (H, W[, C]) and where it came from."""
+
+    pixels: np.ndarray
+    method: str
+    class_name: str
+    class_label: int | None = None
+    seed: int | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+Unit = dict  # method name -> SourceImage, every image of the unit has the same class and seed
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """``[label=]guide[:scale]`` on the command line, e.g. ``vanilla:0.5``, ``robust:1``,
+    ``strong=robust:2`` or ``unguided``."""
+
+    label: str
+    guide: str
+    scale: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "MethodSpec":
+        match = re.fullmatch(r"(?:([A-Za-z0-9_.@+-]+)=)?([A-Za-z0-9_.-]+)(?::([-+0-9.eE]+))?", text.strip())
+        if not match:
+            raise StudyError(f"cannot read method {text!r}; write [label=]guide[:scale], e.g. vanilla:0.5 or "
+                             "robust:1.0")
+        label, guide, scale = match.groups()
+        try:
+            value = float(scale) if scale is not None else None
+        except ValueError:
+            raise StudyError(f"scale in {text!r} is not a number") from None
+        return cls(label or guide, guide, value)
+
+
+def read_class_names(path: str | Path | None) -> list[str] | None:
+    """Class names from a JSON list or a text file with one name per line."""
+    if path is None:
+        return None
+    text = Path(path).read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        names = json.loads(text)
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names or not all(isinstance(n, str) for n in names):
+        raise StudyError(f"{path} must hold class names: a JSON list of strings or one name per line")
+    return names
+
+
+# --------------------------------------------------------------------------- sources
+def units_from_bundle(bundle: Any, specs: Sequence[MethodSpec], n_units: int, seed: int = 0, *,
+                      respacing: str | None = None, sampler: str = "ddpm", batch_size: int = 16,
+                      bundle_path: str | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> list[Unit]:
+    """Generate ``n_units`` units with the engine: class labels drawn uniformly at random
+    and one random seed per unit (both from ``seed``); every method samples the same
+    (class, seed), so the methods share x_T and every step's noise."""
+    from engine.data import to_uint8
+
+    if len(specs) < 2:
+        raise StudyError("a study compares at least two methods, e.g. --methods vanilla:0.5 robust:1.0")
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise StudyError(f"method labels must differ, got {labels}; name them, e.g. weak=robust:0.5 strong=robust:2")
+    if n_units < 1:
+        raise StudyError("--pairs must be at least 1")
+    configs = []
+    for spec in specs:
+        if spec.guide == "unguided":
+            from engine.guidance import unguided
+
+            configs.append(unguided(name=spec.label))
+            continue
+        overrides = {"name": spec.label} if spec.scale is None else {"name": spec.label, "scale": spec.scale}
+        try:
+            configs.append(bundle.default_config(spec.guide, **overrides))
+        except ValueError as exc:
+            raise StudyError(str(exc)) from exc
+    rng = np.random.default_rng(seed)
+    classes = rng.integers(0, bundle.num_classes, n_units).tolist()
+    seeds = rng.choice(2**31 - 1, size=n_units, replace=False).tolist()
+    units: list[Unit] = []
+    for start in range(0, n_units, batch_size):
+        batch_labels, batch_seeds = classes[start:start + batch_size], seeds[start:start + batch_size]
+        result = bundle.sample(configs, labels=batch_labels, seeds=batch_seeds, respacing=respacing, sampler=sampler)
+        run = {k: v for k, v in result.run_config().items() if k not in ("seeds", "labels", "configs")}
+        arrays = {c.name: to_uint8(result.images[c.name]).permute(0, 2, 3, 1).numpy() for c in configs}
+        for i, (label, s) in enumerate(zip(batch_labels, batch_seeds)):
+            unit = {}
+            for c in configs:
+                config = {"source": "bundle", "bundle": getattr(bundle, "name", ""), "bundle_path": bundle_path,
+                          "guidance": c.to_dict(), "seed": int(s), "label": int(label), "run": run}
+                unit[c.name] = SourceImage(arrays[c.name][i], c.name, bundle.class_names[label], int(label), int(s),
+                                           config)
+            units.append(unit)
+        if progress is not None:
+            progress(len(units), n_units)
+    return units
+
+
+def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
+    if not path.is_file():
+        raise StudyError(f"{path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "arr_0" not in data.files:
+                raise StudyError(f"{path} has no arr_0 (the images); found {data.files}")
+            if "arr_1" not in data.files:
+                raise StudyError(f"{path} has no arr_1 (the class labels); the survey needs class-conditional samples "
+                                 "saved by guided-diffusion's sampling scripts with labels")
+            images, labels = data["arr_0"], data["arr_1"]
+    except (OSError, ValueError) as exc:
+        raise StudyError(f"cannot read {path} as .npz: {exc}") from exc
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise StudyError(f"{path}: arr_0 must be uint8 NHWC (or NHW), got {images.dtype} {images.shape}")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise StudyError(f"{path}: arr_1 must hold one label per image, got shape {labels.shape} for {len(images)} "
+                         "images")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return images, labels.astype(np.int64), digest
+
+
+def _subset(n: int, limit: int | None, seed: int) -> list[int]:
+    if limit is None or limit >= n:
+        return list(range(n))
+    if limit < 1:
+        raise StudyError("--pairs must be at least 1")
+    return sorted(np.random.default_rng(seed).choice(n, size=limit, replace=False).tolist())
+
+
+def _class_name(label: int, class_names: Sequence[str] | None) -> str:
+    if class_names is None:
+        return str(label)
+    if not 0 <= label < len(class_names):
+        raise StudyError(f"label {label} has no name in the class names list ({len(class_names)} names)")
+    return class_names[label]
+
+
+def units_from_npz(path_a: str | Path, path_b: str | Path, methods: Sequence[str] | None = None,
+                   class_names: Sequence[str] | None = None, limit: int | None = None, seed: int = 0) -> list[Unit]:
+    """Pair two sample files by index; their labels must agree at every index."""
+    path_a, path_b = Path(path_a), Path(path_b)
+    methods = list(methods) if methods else [path_a.stem, path_b.stem]
+    if len(methods) != 2 or methods[0] == methods[1]:
+        raise StudyError(f"give two different method names for the two files (--names), got {methods}")
+    images_a, labels_a, digest_a = _load_npz(path_a)
+    images_b, labels_b, digest_b = _load_npz(path_b)
+    if len(images_a) != len(images_b):
+        raise StudyError(f"{path_a} holds {len(images_a)} images but {path_b} holds {len(images_b)}; both must come "
+                         "from the same seeds and labels")
+    if images_a.shape[1:] != images_b.shape[1:]:
+        raise StudyError(f"image shapes differ: {images_a.shape[1:]} vs {images_b.shape[1:]}")
+    differ = np.nonzero(labels_a != labels_b)[0]
+    if len(differ):
+        shown = ", ".join(f"#{i}: {labels_a[i]} vs {labels_b[i]}" for i in differ[:5])
+        raise StudyError(f"labels differ at {len(differ)} of {len(labels_a)} indices ({shown}); the files were not "
+                         "sampled with the same seeds and labels, so they cannot be paired by index")
+    units = []
+    for i in _subset(len(images_a), limit, seed):
+        label = int(labels_a[i])
+        name = _class_name(label, class_names)
+        unit = {}
+        for method, images, path, digest in ((methods[0], images_a, path_a, digest_a),
+                                             (methods[1], images_b, path_b, digest_b)):
+            config = {"source": "npz", "file": str(path), "file_sha256": digest, "index": i, "label": label}
+            unit[method] = SourceImage(as_hwc_uint8(images[i]), method, name, label, None, config)
+        units.append(unit)
+    return units
+
+
+def _images_under(root: Path) -> dict[str, Path]:
+    if not root.is_dir():
+        raise StudyError(f"{root} is not a folder")
+    files = {p.relative_to(root).as_posix(): p for p in root.rglob("*")
+             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+    if not files:
+        raise StudyError(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def _class_of(relative: str, class_names: Sequence[str] | None) -> tuple[str, int | None]:
+    parts = relative.split("/")
+    if len(parts) > 1:
+        raw = parts[0]
+    else:
+        stem = Path(parts[0]).stem
+        if "_" not in stem:
+            raise StudyError(f"cannot tell the class of {relative!r}: put images in class sub-folders "
+                             "(<class>/<name>.png) or name them <class>_<anything>.png")
+        raw = stem.split("_", 1)[0]
+    if raw.isdigit():
+        label = int(raw)
+        return (_class_name(label, class_names) if class_names else raw), label
+    if class_names and raw in class_names:
+        return raw, list(class_names).index(raw)
+    return raw, None
+
+
+def units_from_folders(dir_a: str | Path, dir_b: str | Path, methods: Sequence[str] | None = None,
+                       class_names: Sequence[str] | None = None, limit: int | None = None,
+                       seed: int = 0) -> list[Unit]:
+    """Pair two folders by relative file name; the class comes from the sub-folder or the
+    ``<class>_`` prefix of the file name (a number is looked up in ``class_names``)."""
+    dir_a, dir_b = Path(dir_a), Path(dir_b)
+    methods = list(methods) if methods else [dir_a.name, dir_b.name]
+    if len(methods) != 2 or methods[0] == methods[1]:
+        raise StudyError(f"give two different method names for the two folders (--names), got {methods}")
+    files_a, files_b = _images_under(dir_a), _images_under(dir_b)
+    only_a, only_b = sorted(set(files_a) - set(files_b)), sorted(set(files_b) - set(files_a))
+    if only_a or only_b:
+        raise StudyError(f"the folders do not match by file name: {len(only_a)} only in {dir_a} (e.g. {only_a[:3]}), "
+                         f"{len(only_b)} only in {dir_b} (e.g. {only_b[:3]})")
+    names = sorted(files_a)
+    units = []
+    for i in _subset(len(names), limit, seed):
+        relative = names[i]
+        class_name, label = _class_of(relative, class_names)
+        unit = {}
+        shapes = []
+        for method, files in ((methods[0], files_a), (methods[1], files_b)):
+            pixels = read_png(files[relative])
+            shapes.append(pixels.shape)
+            config = {"source": "folder", "file": str(files[relative]),
+                      "file_sha256": hashlib.sha256(files[relative].read_bytes()).hexdigest(), "name": relative}
+            unit[method] = SourceImage(pixels, method, class_name, label, None, config)
+        if shapes[0] != shapes[1]:
+            raise StudyError(f"{relative}: the two images differ in size/channels {shapes[0]} vs {shapes[1]}")
+        units.append(unit)
+    return units
+
+
+# --------------------------------------------------------------------------- storing
+@dataclass(frozen=True)
+class StudyPlan:
+    """How many items each rater answers (``per_rater`` main pairs plus gold and repeat
+    items at the given rates of that number)."""
+
+    per_rater: int = DEFAULT_PER_RATER
+    gold_rate: float = 0.0
+    repeat_rate: float = 0.0
+    seed: int = 0
+    rules: ExclusionRules = field(default_factory=ExclusionRules)
+    fast_ms: float = 800.0
+
+    def __post_init__(self) -> None:
+        if self.per_rater < 1:
+            raise StudyError("--per-rater must be at least 1")
+        for name in ("gold_rate", "repeat_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise StudyError(f"--{name.replace('_', '-')} is a fraction in [0, 1]")
+
+
+def _store(session, study: Study, media_dir: Path, image: SourceImage, now) -> Image:  # noqa: ANN001
+    stored = save_png(image.pixels, media_dir)
+    row = Image(study_id=study.id, file_name=stored.file_name, sha256=stored.sha256, class_label=image.class_label,
+                class_name=image.class_name, seed=image.seed, method=image.method, config=image.config,
+                width=stored.width, height=stored.height, created_at=now)
+    session.add(row)
+    return row
+
+
+def validate_name(name: str) -> str:
+    name = (name or "").strip()
+    if not name or len(name) > 200 or any(ord(ch) < 32 for ch in name):
+        raise StudyError("a study name must be 1 to 200 printable characters")
+    return name
+
+
+def create_study(db: SurveyDB, media_dir: str | Path, name: str, units: Sequence[Unit],
+                 methods: Sequence[str] | None = None, plan: StudyPlan | None = None,
+                 source: Mapping[str, Any] | None = None) -> int:
+    """Store ``units`` as a new study and return its id (see the module doc for the pairs)."""
+    plan = plan or StudyPlan()
+    name = validate_name(name)
+    media_dir = Path(media_dir)
+    if not units:
+        raise StudyError("no images to put in the study")
+    methods = list(methods or units[0].keys())
+    if len(methods) < 2:
+        raise StudyError("a study compares at least two methods")
+    for k, unit in enumerate(units):
+        if sorted(unit) != sorted(methods):
+            raise StudyError(f"unit {k} has methods {sorted(unit)}, expected {sorted(methods)}")
+        if len({(im.class_name, im.seed) for im in unit.values()}) != 1:
+            raise StudyError(f"unit {k}: the images of one unit must share class and seed")
+    n_main = len(units) * math.comb(len(methods), 2)
+    per_rater = min(plan.per_rater, n_main)
+    gold_per_rater = round(plan.gold_rate * per_rater)
+    repeat_per_rater = min(round(plan.repeat_rate * per_rater), per_rater)
+    n_gold = max(gold_per_rater, math.ceil(plan.gold_rate * n_main)) if plan.gold_rate > 0 else 0
+    now = utcnow()
+    rng = np.random.default_rng(plan.seed + 1)
+    settings = {
+        "question": QUESTION, "per_rater": per_rater, "gold_per_rater": gold_per_rater,
+        "repeat_per_rater": repeat_per_rater, "gold_rate": plan.gold_rate, "repeat_rate": plan.repeat_rate,
+        "seed": plan.seed, "exclusions": plan.rules.to_dict(), "exclusions_declared_at": now.isoformat(),
+        "fast_ms": plan.fast_ms, "source": dict(source or {}), "units": len(units),
+    }
+    with db.session() as session:
+        if session.scalar(select(Study.id).where(Study.name == name)) is not None:
+            raise StudyError(f"a study named {name!r} already exists in this database; choose another --name")
+        study = Study(name=name, created_at=now, methods=methods, settings=settings)
+        session.add(study)
+        session.flush()
+        stored_units = []
+        for unit in units:
+            rows = {m: _store(session, study, media_dir, unit[m], now) for m in methods}
+            stored_units.append((unit, rows))
+        session.flush()
+        mains = []
+        for unit, rows in stored_units:
+            for a, b in itertools.combinations(methods, 2):
+                first = unit[a]
+                pair = Pair(study_id=study.id, kind="main", class_label=first.class_label, class_name=first.class_name,
+                            seed=first.seed, image_a_id=rows[a].id, image_b_id=rows[b].id, created_at=now)
+                session.add(pair)
+                mains.append(pair)
+        session.flush()
+        if plan.repeat_rate > 0:
+            for pair in mains:
+                session.add(Pair(study_id=study.id, kind="repeat", class_label=pair.class_label,
+                                 class_name=pair.class_name, seed=pair.seed, image_a_id=pair.image_a_id,
+                                 image_b_id=pair.image_b_id, source_pair_id=pair.id, created_at=now))
+        for g in range(n_gold):
+            unit, rows = stored_units[int(rng.integers(len(stored_units)))]
+            method = methods[int(rng.integers(len(methods)))]
+            good = unit[method]
+            others = [(u, r) for u, r in stored_units if u[method].class_name != good.class_name]
+            if g % 2 == 1 and others:
+                other_unit, _ = others[int(rng.integers(len(others)))]
+                bad = SourceImage(other_unit[method].pixels, GOLD_WRONG_CLASS, good.class_name, good.class_label,
+                                  good.seed, {"source": "gold", "kind": "wrong_class", "intact_image_id": rows[method].id,
+                                              "shown_class": good.class_name,
+                                              "actual_class": other_unit[method].class_name,
+                                              "from": other_unit[method].config})
+            else:
+                bad = SourceImage(break_image(good.pixels, rng), GOLD_BROKEN, good.class_name, good.class_label,
+                                  good.seed, {"source": "gold", "kind": "broken", "intact_image_id": rows[method].id,
+                                              "corruption": "4x4 blocks shuffled + N(0, 60) noise",
+                                              "seed": plan.seed})
+            bad_row = _store(session, study, media_dir, bad, now)
+            session.flush()
+            session.add(Pair(study_id=study.id, kind="gold", class_label=good.class_label, class_name=good.class_name,
+                             seed=good.seed, image_a_id=rows[method].id, image_b_id=bad_row.id,
+                             gold_image_id=rows[method].id, created_at=now))
+        session.flush()
+        return study.id
+
+
+def find_study(db: SurveyDB, name_or_id: str | int | None = None) -> Study:
+    """A study by name or id; without one, the only (or newest) study."""
+    with db.session() as session:
+        if name_or_id is None:
+            studies = session.scalars(select(Study).order_by(Study.id.desc())).all()
+            if not studies:
+                raise StudyError("the database holds no study yet; create one with `python -m survey create`")
+            return studies[0]
+        text = str(name_or_id)
+        study = session.scalar(select(Study).where(Study.name == text))
+        if study is None and text.isdigit():
+            study = session.get(Study, int(text))
+        if study is None:
+            names = session.scalars(select(Study.name)).all()
+            raise StudyError(f"no study {text!r}; studies here: {names or 'none'}")
+        return study
+
+
+def study_counts(db: SurveyDB, study_id: int) -> dict[str, int]:
+    from sqlalchemy import func
+
+    from .models import Rater, Vote
+
+    with db.session() as session:
+        kinds = dict(session.execute(select(Pair.kind, func.count()).where(Pair.study_id == study_id)
+                                     .group_by(Pair.kind)).all())
+        return {"images": session.scalar(select(func.count()).select_from(Image).where(Image.study_id == study_id)),
+                "main_pairs": kinds.get("main", 0), "gold_pairs": kinds.get("gold", 0),
+                "repeat_pairs": kinds.get("repeat", 0),
+                "raters": session.scalar(select(func.count()).select_from(Rater).where(Rater.study_id == study_id)),
+                "votes": session.scalar(select(func.count()).select_from(Vote).join(Pair, Pair.id == Vote.pair_id)
+                                        .where(Pair.study_id == study_id))}
+
+
+
+__all__ = ["GOLD_BROKEN", "GOLD_WRONG_CLASS", "MethodSpec", "QUESTION", "SourceImage", "StudyError", "StudyPlan",
+           "create_study", "find_study", "read_class_names", "study_counts", "units_from_bundle", "units_from_folders",
+           "units_from_npz"]

@@ -1,0 +1,392 @@
+"""Survey analysis against independent computations written here (no survey code used
+to compute the expected values).
+
+The synthetic set mirrors the paper's survey (Kawar et al. 2023, Section 5.2): 5,018
+answers over 200 pairs with 19-36 answers each, 40.4 % robust / 32.4 % vanilla / the
+rest "same".
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+from collections import Counter, defaultdict
+from fractions import Fraction
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from survey import analysis as A
+from survey.agreement import krippendorff_alpha_nominal
+from survey.power import critical_value, required_sample_size, sign_test_power
+from survey.quality import ExclusionRules, apply_exclusions, rater_table
+from survey.ranking import RankingError, bradley_terry, pairwise_win_rates, win_matrix
+from survey.report import ReportOptions, build_report, report_markdown
+from survey.votes import VotesError, normalise_votes, read_votes_csv, votes_from_records, write_votes_csv
+
+N_ANSWERS, N_PAIRS = 5018, 200
+N_ROBUST = round(0.404 * N_ANSWERS)   # 2027
+N_VANILLA = round(0.324 * N_ANSWERS)  # 1626
+
+
+def synthetic_records(seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    sizes = [19, 36] + [rng.randint(19, 36) for _ in range(N_PAIRS - 2)]
+    while sum(sizes) != N_ANSWERS:
+        i = rng.randrange(2, N_PAIRS)
+        step = 1 if sum(sizes) < N_ANSWERS else -1
+        if 19 <= sizes[i] + step <= 36:
+            sizes[i] += step
+    choices = ["robust"] * N_ROBUST + ["vanilla"] * N_VANILLA + ["same"] * (N_ANSWERS - N_ROBUST - N_VANILLA)
+    rng.shuffle(choices)
+    raters = [f"r{i:02d}" for i in range(60)]
+    records, k = [], 0
+    for p, size in enumerate(sizes):
+        for rater in rng.sample(raters, size):
+            choice = choices[k]
+            k += 1
+            left, right = ("robust", "vanilla") if rng.random() < 0.5 else ("vanilla", "robust")
+            answer = "S" if choice == "same" else ("L" if choice == left else "R")
+            records.append({"pair_id": f"p{p:03d}", "rater_id": rater, "left_method": left, "right_method": right,
+                            "answer": answer, "latency_ms": rng.randint(1500, 9000)})
+    return records
+
+
+@pytest.fixture(scope="module")
+def records() -> list[dict]:
+    return synthetic_records()
+
+
+@pytest.fixture(scope="module")
+def votes(records) -> pd.DataFrame:
+    return votes_from_records(records)
+
+
+def choice_of(r: dict) -> str:
+    return "same" if r["answer"] == "S" else (r["left_method"] if r["answer"] == "L" else r["right_method"])
+
+
+def per_pair(records):
+    counts = defaultdict(Counter)
+    for r in records:
+        counts[r["pair_id"]][choice_of(r)] += 1
+    return counts
+
+
+def test_synthetic_set_has_the_papers_shape(records):
+    assert len(records) == 5018
+    totals = Counter(choice_of(r) for r in records)
+    assert round(100 * totals["robust"] / 5018, 1) == 40.4 and round(100 * totals["vanilla"] / 5018, 1) == 32.4
+    sizes = Counter(r["pair_id"] for r in records)
+    assert len(sizes) == 200 and min(sizes.values()) == 19 and max(sizes.values()) == 36
+
+
+def test_answers_per_pair(votes, records):
+    app = A.answers_per_pair(A.pair_counts(votes, "robust", "vanilla"))
+    sizes = Counter(r["pair_id"] for r in records)
+    assert (app.pairs, app.min, app.max, app.total) == (200, min(sizes.values()), max(sizes.values()), 5018)
+    assert app.mean == pytest.approx(5018 / 200)  # 25.09 as in the paper
+
+
+@pytest.mark.parametrize("denominator", ["decisive", "all"])
+def test_table2_matches_independent_count(votes, records, denominator):
+    rows = A.threshold_table(A.pair_counts(votes, "robust", "vanilla"), (50, 60, 70, 80), denominator)
+    for row, t in zip(rows, (50, 60, 70, 80)):
+        robust = vanilla = 0
+        for c in per_pair(records).values():
+            den = c["robust"] + c["vanilla"] + (c["same"] if denominator == "all" else 0)
+            if den and Fraction(c["robust"], den) > Fraction(t, 100):
+                robust += 1
+            elif den and Fraction(c["vanilla"], den) > Fraction(t, 100):
+                vanilla += 1
+        assert (row.n_first, row.n_second, row.n_neither) == (robust, vanilla, 200 - robust - vanilla)
+        assert row.first == pytest.approx(robust / 200) and row.neither == pytest.approx(1 - (robust + vanilla) / 200)
+
+
+def test_table2_strictly_more_than_threshold():
+    # one pair 6 robust / 4 vanilla: exactly 60 % is not "more than 60 %"
+    recs = [{"pair_id": "x", "rater_id": f"r{i}", "left_method": "robust", "right_method": "vanilla",
+             "answer": "L" if i < 6 else "R"} for i in range(10)]
+    recs += [{"pair_id": "x", "rater_id": "r10", "left_method": "robust", "right_method": "vanilla", "answer": "S"}]
+    counts = A.pair_counts(votes_from_records(recs), "robust", "vanilla")
+    decisive = A.threshold_table(counts, (50, 60), "decisive")
+    assert [r.n_first for r in decisive] == [1, 0]
+    everything = A.threshold_table(counts, (50, 60), "all")  # 6/11 = 54.5 %
+    assert [r.n_first for r in everything] == [1, 0]
+
+
+def test_answer_shares_and_simultaneous_intervals(votes):
+    shares = A.answer_shares(votes, "robust", "vanilla", 0.95)
+    z = stats.norm.ppf(1 - 0.05 / (2 * 3))  # Bonferroni over 3 categories
+    for s, expected in zip(shares, (N_ROBUST, N_VANILLA, 5018 - N_ROBUST - N_VANILLA)):
+        assert s.count == expected
+        p = expected / 5018
+        centre = (p + z * z / (2 * 5018)) / (1 + z * z / 5018)
+        half = z / (1 + z * z / 5018) * math.sqrt(p * (1 - p) / 5018 + z * z / (4 * 5018 ** 2))
+        assert s.share == pytest.approx(p)
+        assert (s.low, s.high) == pytest.approx((centre - half, centre + half), rel=1e-9)
+
+
+def exact_two_sided_half(k: int, n: int) -> float:
+    lower = sum(math.comb(n, i) for i in range(0, k + 1)) / 2 ** n
+    upper = sum(math.comb(n, i) for i in range(k, n + 1)) / 2 ** n
+    return min(1.0, 2 * min(lower, upper))
+
+
+def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    low = 0.0 if k == 0 else stats.beta.ppf(alpha / 2, k, n - k + 1)
+    high = 1.0 if k == n else stats.beta.ppf(1 - alpha / 2, k + 1, n - k)
+    return low, high
+
+
+def test_sign_tests(votes, records):
+    main, ties, pairs = A.sign_tests(A.pair_counts(votes, "robust", "vanilla"))
+    assert (main.successes, main.trials) == (N_ROBUST, N_ROBUST + N_VANILLA)
+    assert main.p_value == pytest.approx(exact_two_sided_half(N_ROBUST, N_ROBUST + N_VANILLA), rel=1e-6)
+    assert main.p_value < 1e-9  # the paper: significant at > 95 %
+    assert (main.ci_low, main.ci_high) == pytest.approx(clopper_pearson(N_ROBUST, N_ROBUST + N_VANILLA), rel=1e-9)
+    same = 5018 - N_ROBUST - N_VANILLA
+    assert (ties.successes, ties.trials) == (N_ROBUST + same // 2, N_ROBUST + N_VANILLA + 2 * (same // 2))
+    assert ties.p_value == pytest.approx(exact_two_sided_half(int(ties.successes), int(ties.trials)), rel=1e-6)
+    wins = Counter()
+    for c in per_pair(records).values():
+        wins["robust" if c["robust"] > c["vanilla"] else "vanilla" if c["vanilla"] > c["robust"] else "tie"] += 1
+    assert (pairs.successes, pairs.trials) == (wins["robust"], wins["robust"] + wins["vanilla"])
+    assert pairs.p_value == pytest.approx(exact_two_sided_half(wins["robust"], wins["robust"] + wins["vanilla"]),
+                                          rel=1e-6)
+
+
+def test_position_bias(votes, records):
+    left = sum(r["answer"] == "L" for r in records)
+    right = sum(r["answer"] == "R" for r in records)
+    pb = A.position_bias(votes)
+    assert (pb.left, pb.right) == (left, right)
+    assert pb.p_value == pytest.approx(exact_two_sided_half(left, left + right), rel=1e-6)
+    biased = [dict(r, answer="L" if r["answer"] != "S" else "S") for r in records]
+    assert A.position_bias(votes_from_records(biased)).p_value < 1e-100
+
+
+def width(ci) -> float:
+    return ci.high - ci.low
+
+
+def test_cluster_bootstrap_widens_only_with_clustering(votes):
+    boot = A.cluster_bootstrap(votes, "robust", "vanilla", replicates=400, seed=1)
+    assert boot == A.cluster_bootstrap(votes, "robust", "vanilla", replicates=400, seed=1)
+    by = {(b.statistic, b.resampled): b for b in boot}
+    share = by["first share of decisive answers", "pairs"]
+    assert share.estimate == pytest.approx(N_ROBUST / (N_ROBUST + N_VANILLA))
+    assert share.low < share.estimate < share.high
+    cp = clopper_pearson(N_ROBUST, N_ROBUST + N_VANILLA)
+    # answers were shuffled independently of pairs and raters: one-way resampling gives about the binomial width,
+    # two-way about sqrt(3) times it (Var(c_u c_r) = 3)
+    for mode in ("pairs", "raters"):
+        assert 0.75 < width(by["first share of decisive answers", mode]) / (cp[1] - cp[0]) < 1.3
+    assert 1.35 < width(by["first share of decisive answers", "pairs and raters"]) / (cp[1] - cp[0]) < 2.2
+    diff = by["first minus second share of all answers", "pairs"]
+    assert diff.estimate == pytest.approx((N_ROBUST - N_VANILLA) / 5018)
+    # every pair unanimous: the same counts, but pairs are the real unit -> much wider when pairs are resampled
+    rng = random.Random(3)
+    clustered = []
+    for p in range(100):
+        winner = "robust" if p < 55 else "vanilla"
+        for i in range(20):
+            left, right = ("robust", "vanilla") if rng.random() < 0.5 else ("vanilla", "robust")
+            clustered.append({"pair_id": f"p{p}", "rater_id": f"r{i}", "left_method": left, "right_method": right,
+                              "answer": "L" if winner == left else "R"})
+    wide = {b.resampled: b for b in A.cluster_bootstrap(votes_from_records(clustered), "robust", "vanilla",
+                                                        replicates=400, seed=1)
+            if b.statistic == "first share of decisive answers"}
+    cp = clopper_pearson(1100, 2000)
+    assert width(wide["pairs"]) > 3 * (cp[1] - cp[0]) and width(wide["pairs and raters"]) > 3 * (cp[1] - cp[0])
+    assert width(wide["raters"]) < 1.5 * (cp[1] - cp[0])  # raters are not the cluster here
+
+
+def alpha_by_pairs(units) -> float:
+    """Independent Krippendorff alpha: explicit pairs of values (Krippendorff 2011, eq. for D_o, D_e)."""
+    pairable = [[v for v in u if v is not None] for u in units]
+    pairable = [u for u in pairable if len(u) >= 2]
+    values = [v for u in pairable for v in u]
+    n = len(values)
+    d_o = sum(sum(1 for i in range(len(u)) for j in range(len(u)) if i != j and u[i] != u[j]) / (len(u) - 1)
+              for u in pairable) / n
+    freq = Counter(values)
+    d_e = sum(freq[c] * freq[k] for c in freq for k in freq if c != k) / (n * (n - 1))
+    return 1 - d_o / d_e
+
+
+def test_krippendorff_hand_example():
+    # 3 units, 2 coders: (a, a), (a, b), (b, b). Coincidences o_aa = 2, o_ab = o_ba = 1, o_bb = 2;
+    # n_a = n_b = 3, n = 6; alpha = 1 - (n - 1) (o_ab + o_ba) / (2 n_a n_b) = 1 - 5 * 2 / 18 = 4 / 9.
+    assert krippendorff_alpha_nominal([["a", "a"], ["a", "b"], ["b", "b"]]) == pytest.approx(4 / 9)
+    # Krippendorff (2011), nominal example with 4 coders, 12 units, missing values: alpha = 0.743
+    data = [[1, 1, None, 1], [2, 2, 3, 2], [3, 3, 3, 3], [3, 3, 3, 3], [2, 2, 2, 2], [1, 2, 3, 4],
+            [4, 4, 4, 4], [1, 1, 2, 1], [2, 2, 2, 2], [None, 5, 5, 5], [None, None, 1, 1], [None, 3, None, None]]
+    assert krippendorff_alpha_nominal(data) == pytest.approx(0.743, abs=5e-4)
+    assert krippendorff_alpha_nominal([["a", "a"], ["b", "b"]]) == pytest.approx(1.0)
+    assert math.isnan(krippendorff_alpha_nominal([["a", "a"], ["a", "a"]]))
+
+
+def test_krippendorff_on_votes(votes, records):
+    units = defaultdict(list)
+    for r in records:
+        units[r["pair_id"]].append(choice_of(r))
+    from survey.agreement import alpha_of_votes
+    assert alpha_of_votes(votes) == pytest.approx(alpha_by_pairs(list(units.values())), rel=1e-9)
+    assert abs(alpha_of_votes(votes)) < 0.05  # answers were shuffled: chance-level agreement
+
+
+def quality_records() -> list[dict]:
+    recs = []
+    for p in range(12):
+        for i, rater in enumerate(("good", "sloppy", "lefty", "fast")):
+            left, right = ("robust", "vanilla") if (p + i) % 2 else ("vanilla", "robust")
+            answer = {"good": "L" if left == "robust" else "R", "sloppy": "S", "lefty": "L",
+                      "fast": "R" if p % 3 else "S"}[rater]
+            recs.append({"pair_id": f"m{p}", "rater_id": rater, "left_method": left, "right_method": right,
+                         "answer": answer, "latency_ms": 300 if rater == "fast" else 4000})
+    for g in range(4):
+        for rater in ("good", "sloppy", "lefty", "fast"):
+            left, right = ("robust", "broken") if g % 2 else ("broken", "robust")
+            answer = {"good": "L" if left == "robust" else "R", "sloppy": "S", "lefty": "L",
+                      "fast": "L" if g < 3 else "R"}[rater]
+            recs.append({"pair_id": f"g{g}", "pair_kind": "gold", "gold_correct_method": "robust", "rater_id": rater,
+                         "left_method": left, "right_method": right, "answer": answer, "latency_ms": 4000})
+    for p in range(2):  # repeats of m0, m1 with flipped sides
+        for rater in ("good", "lefty"):
+            src = next(r for r in recs if r["pair_id"] == f"m{p}" and r["rater_id"] == rater)
+            answer = {"good": "L" if src["right_method"] == "robust" else "R", "lefty": "L"}[rater]
+            recs.append({"pair_id": f"rep{p}", "pair_kind": "repeat", "source_pair_id": f"m{p}", "rater_id": rater,
+                         "left_method": src["right_method"], "right_method": src["left_method"], "answer": answer,
+                         "latency_ms": 4000})
+    return recs
+
+
+def test_rater_quality_and_exclusions():
+    votes = votes_from_records(quality_records())
+    table = rater_table(votes, fast_ms=800)
+    # gold: good 4/4; sloppy 0/4; lefty picks left: g1, g3 have robust on the left -> 2/4; fast: g1 L ok, g0 L bad,
+    # g2 L bad, g3 R bad -> 1/4
+    assert table.loc["good", "gold_accuracy"] == 1.0 and table.loc["sloppy", "gold_accuracy"] == 0.0
+    assert table.loc["lefty", "gold_accuracy"] == 0.5 and table.loc["fast", "gold_accuracy"] == 0.25
+    assert table.loc["good", "repeat_consistency"] == 1.0 and table.loc["lefty", "repeat_consistency"] == 0.0
+    assert list(table.index[table["one_sided"]]) == ["lefty"]
+    assert list(table.index[table["fast"]]) == ["fast"]
+    rules = ExclusionRules(min_gold_accuracy=0.75, exclude_one_sided=True)
+    kept, report = apply_exclusions(votes, rules, "test", table)
+    assert report.excluded == {"gold accuracy": ["fast", "lefty", "sloppy"], "one sided": ["lefty"]}
+    assert set(kept["rater_id"]) == {"good"} and report.answers_after == len(kept) == 12 + 4 + 2
+    with pytest.raises(ValueError, match="unknown rater"):
+        apply_exclusions(votes, ExclusionRules(exclude_raters=("nobody",)))
+
+
+def test_report_runs_and_prints_denominator(votes):
+    options = ReportOptions(bootstrap=200, rules=ExclusionRules(min_median_latency_ms=100), rules_source="test")
+    report = build_report(votes, options)
+    comparison = report["comparisons"][0]
+    assert (comparison["first"], comparison["second"]) == ("robust", "vanilla")
+    text = report_markdown(report)
+    assert "users who selected a side" in text and "| 50 % |" in text and "Goodman" in text
+    assert "median latency below 100 ms" in text
+    all_answers = build_report(votes, ReportOptions(bootstrap=0, denominator="all"))
+    assert "Same included" in report_markdown(all_answers)
+    import json
+    json.dumps(report, allow_nan=False)
+
+
+def test_csv_round_trip(votes, tmp_path):
+    path = tmp_path / "votes.csv"
+    write_votes_csv(votes, path)
+    again = read_votes_csv(path)
+    assert len(again) == 5018
+    assert A.pair_counts(again, "robust", "vanilla").equals(A.pair_counts(votes, "robust", "vanilla"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("pair_id,rater_id,left_method,answer\n1,a,x,L\n", "lacks the column"),
+    ("pair_id,rater_id,left_method,right_method,answer\n1,a,x,y,Q\n", "answer must be L, R or S"),
+    ("pair_id,rater_id,left_method,right_method,answer\n1,a,x,x,L\n", "left_method equals right_method"),
+    ("pair_id,rater_id,left_method,right_method,answer\n1,a,x,y,L\n1,a,y,x,R\n", "more than once"),
+    ("pair_id,rater_id,left_method,right_method,answer\n1,a,x,y,L\n1,b,x,z,R\n", "different method pairs"),
+    ("pair_id,rater_id,left_method,right_method,answer,choice\n1,a,x,y,L,y\n", "choice disagrees"),
+    ("pair_id,rater_id,left_method,right_method,answer,pair_kind\n1,a,x,y,L,repeat\n", "source_pair_id"),
+    ("", "empty"),
+])
+def test_bad_csv_is_refused_with_the_reason(tmp_path, text, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(VotesError, match=message):
+        read_votes_csv(path)
+
+
+def test_power_matches_brute_force():
+    p1, alpha = 0.7, 0.05
+
+    def brute_power(n: int) -> float:
+        reject = [k for k in range(n + 1) if stats.binomtest(k, n, 0.5).pvalue <= alpha]
+        return sum(stats.binom.pmf(k, n, p1) for k in reject)
+
+    for n in (5, 10, 23, 40, 61):
+        assert float(sign_test_power(n, p1, alpha)) == pytest.approx(brute_power(n), abs=1e-12)
+    plan = required_sample_size(p1, alpha, 0.8)
+    assert brute_power(plan.decisive_answers) >= 0.8
+    assert brute_power(plan.decisive_answers - 1) < 0.8
+    assert all(brute_power(n) >= 0.8 for n in range(plan.decisive_answers, plan.decisive_answers + 40))
+    assert abs(plan.decisive_answers - plan.decisive_answers_normal_approx) < 10
+    assert critical_value(10, 0.05) == 1  # 2 * P(X <= 1 | 10) = 0.0215; P(X <= 2) doubled = 0.109
+
+
+def test_power_for_the_papers_effect():
+    plan = required_sample_size(0.404 / 0.728, 0.05, 0.8, tie_rate=0.272, answers_per_pair=25.09)
+    assert 600 < plan.decisive_answers < 700  # normal approximation: about 640
+    assert plan.total_answers == math.ceil(plan.decisive_answers / (1 - 0.272))
+    assert plan.pairs == math.ceil(plan.total_answers / 25.09)
+
+
+def bt_loglik(theta, wins):
+    k = len(theta)
+    return sum(wins[i, j] * (theta[i] - np.logaddexp(theta[i], theta[j])) for i in range(k) for j in range(k) if i != j)
+
+
+def test_bradley_terry_maximises_likelihood_and_recovers_order():
+    rng = np.random.default_rng(0)
+    true = np.array([0.0, 0.5, 1.0, -0.7])
+    wins = np.zeros((4, 4))
+    for _ in range(6000):
+        i, j = rng.choice(4, 2, replace=False)
+        if rng.random() < 1 / (1 + np.exp(true[j] - true[i])):
+            wins[i, j] += 1
+        else:
+            wins[j, i] += 1
+    fit = bradley_terry(wins, ["a", "b", "c", "d"])
+    assert fit.converged and sum(fit.log_strength) == pytest.approx(0, abs=1e-9)
+    from scipy.optimize import minimize
+    res = minimize(lambda t: -bt_loglik(np.r_[t, -t.sum()], wins), np.zeros(3), method="BFGS", options={"gtol": 1e-8})
+    direct = np.r_[res.x, -res.x.sum()]
+    assert np.allclose(fit.log_strength, direct, atol=1e-4)
+    assert [m for m, _ in fit.ranking()] == ["c", "b", "a", "d"]
+    assert np.allclose(fit.log_strength, true - true.mean(), atol=0.1)
+    with pytest.raises(RankingError, match="never"):
+        bradley_terry(np.array([[0, 3.0], [0, 0]]), ["x", "y"])
+
+
+def test_three_methods_win_rates_from_votes():
+    recs = []
+    spec = {("a", "b"): (7, 3, 2), ("a", "c"): (6, 4, 0), ("b", "c"): (5, 5, 1)}
+    k = 0
+    for (m1, m2), (w1, w2, s) in spec.items():
+        for answer in ["L"] * w1 + ["R"] * w2 + ["S"] * s:
+            recs.append({"pair_id": f"{m1}{m2}", "rater_id": f"r{k}", "left_method": m1, "right_method": m2,
+                         "answer": answer})
+            k += 1
+    votes = votes_from_records(recs)
+    rates = {(w.first, w.second): (w.first_wins, w.second_wins, w.same) for w in pairwise_win_rates(votes)}
+    assert rates == spec
+    names, wins, ties = win_matrix(votes)
+    assert names == ["a", "b", "c"] and wins[0, 1] == 7 and wins[1, 0] == 3 and ties[1, 2] == 1
+    report = build_report(votes, ReportOptions(bootstrap=0))
+    assert report["ranking"]["bradley_terry"]["ranking"][0][0] == "a"
+    assert len(report["comparisons"]) == 3
