@@ -130,6 +130,8 @@ def train(args: argparse.Namespace, info: common.DistInfo) -> int:
     bar = common.progress(args.steps, start, info.is_main and not args.no_progress,
                           "classifier" if args.attack == "none" else f"robust {args.attack}")
     sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    done = start
     for step in range(start, args.steps):
         idx = common.batch_indices(len(data), batch, step, args.seed, info)
         x0 = to_model_range(data.images[idx]).to(info.device)
@@ -168,36 +170,42 @@ def train(args: argparse.Namespace, info: common.DistInfo) -> int:
             correct_in = (logits.argmax(-1) == y).float()
             clean_correct = (attack.initial_pred == y).float() if attack is not None else correct_in
             buckets = bucket_of(t, diffusion.num_timesteps, args.buckets)
-            stats = {"loss": float(loss), "clean_acc": float(clean_correct.mean()),
-                     "adv_acc": float(correct_in.mean()) if attack is not None else float("nan")}
+            # (sum, count) per metric; every key is present on every rank so reductions match
+            stats = {"loss": (float(loss), 1.0), "clean_acc": (float(clean_correct.sum()), batch)}
             if attack is not None:
                 attacked = clean_correct.bool()
                 flipped = attacked & (logits.argmax(-1) != y)
-                stats["attack_success"] = float(flipped.sum() / attacked.sum().clamp_min(1))
-                stats["attack_steps"] = float(attack.steps_used.float().mean())
+                stats["adv_acc"] = (float(correct_in.sum()), batch)
+                stats["attack_success"] = (float(flipped.sum()), float(attacked.sum()))
+                stats["attack_steps"] = (float(attack.steps_used.sum()), batch)
             for b in range(args.buckets if not args.clean else 0):
                 mask = buckets == b
-                if mask.any():
-                    stats[f"clean_acc_t{b}"] = float(clean_correct[mask].mean())
-                    if attack is not None:
-                        stats[f"adv_acc_t{b}"] = float(correct_in[mask].mean())
-        for k, v in stats.items():
-            sums[k] = sums.get(k, 0.0) + v
-            sums[f"n_{k}"] = sums.get(f"n_{k}", 0.0) + 1
+                stats[f"clean_acc_t{b}"] = (float(clean_correct[mask].sum()), float(mask.sum()))
+                if attack is not None:
+                    stats[f"adv_acc_t{b}"] = (float(correct_in[mask].sum()), float(mask.sum()))
+        for k, (total, count) in stats.items():
+            sums[k] = sums.get(k, 0.0) + total
+            counts[k] = counts.get(k, 0.0) + count
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{stats['clean_acc']:.2f}")
+        bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{float(clean_correct.mean()):.2f}")
         done = step + 1
         if done % args.log_every == 0 or done == args.steps:
-            metrics = {k: sums[k] / sums[f"n_{k}"] for k in sums if not k.startswith("n_")}
-            metrics = common.all_reduce_mean(metrics, info)
+            metrics = common.reduce_means(sums, counts, info)
             log.write({"step": done, "lr": lr, **metrics, "seconds": elapsed_before + timer.elapsed()})
-            sums = {}
-        if info.is_main and (done % args.save_every == 0 or done == args.steps):
+            sums, counts = {}, {}
+        stopping = common.should_stop_early(args, done)
+        if info.is_main and (done % args.save_every == 0 or done == args.steps or stopping):
             common.save_checkpoint(ckpt_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": done,
                 "rng": common.rng_state(), "args": vars(args) | {"out": str(args.out)},
                 "train_seconds": elapsed_before + timer.elapsed()})
+        if stopping:
+            break
     bar.close()
+    if common.should_stop_early(args, done):
+        if info.is_main:
+            print(f"stopped after step {done}; continue with --resume", file=sys.stderr)
+        return 0
     if info.is_main:
         meta = {"diffusion": diffusion_config.to_dict(), "time_dependent": not args.clean,
                 "class_names": data.class_names, "flags": flags, "command": common.command_line(),

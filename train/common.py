@@ -71,15 +71,23 @@ def cleanup_distributed() -> None:
 
 
 def all_reduce_mean(values: dict[str, float], info: DistInfo) -> dict[str, float]:
-    """Average scalar metrics over ranks."""
+    """Average scalar metrics over ranks (every rank must pass the same keys)."""
     if not info.distributed or not values:
         return values
-    keys = sorted(values)
-    tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
-    if info.device.type == "cuda":
-        tensor = tensor.to(info.device)
-    dist.all_reduce(tensor)
-    return {k: float(v) / info.world for k, v in zip(keys, tensor.cpu().tolist())}
+    return reduce_means({k: v for k, v in values.items()}, {k: 1.0 for k in values}, info)
+
+
+def reduce_means(sums: dict[str, float], counts: dict[str, float], info: DistInfo) -> dict[str, float]:
+    """sum over ranks of sums / sum over ranks of counts, per key; NaN where no rank
+    counted anything. Every rank must pass the same keys (collectives must match)."""
+    keys = sorted(sums)
+    totals = torch.tensor([[float(sums[k]), float(counts.get(k, 0.0))] for k in keys], dtype=torch.float64)
+    if info.distributed:
+        if info.device.type == "cuda":
+            totals = totals.to(info.device)
+        dist.all_reduce(totals)
+        totals = totals.cpu()
+    return {k: (float(s) / float(c) if c > 0 else float("nan")) for k, (s, c) in zip(keys, totals.tolist())}
 
 
 # ---------------------------------------------------------------------------- randomness
@@ -225,6 +233,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (default: 500)")
     g.add_argument("--log-every", type=int, default=25, help="write a log line every N steps (default: 25)")
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt, bit for bit")
+    g.add_argument("--stop-after", type=int, default=None,
+                   help="save a checkpoint and stop after this many steps (split a run over sessions; "
+                        "finish it later with --resume)")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
                    help="mixed precision for forward/backward (bf16 roughly halves a CPU step)")
@@ -243,6 +254,11 @@ def check_common_args(args: argparse.Namespace) -> None:
         args.final_lr = args.lr
     if args.threads:
         torch.set_num_threads(args.threads)
+
+
+def should_stop_early(args: argparse.Namespace, done: int) -> bool:
+    """True when ``--stop-after`` is reached before the end of the run."""
+    return args.stop_after is not None and done >= args.stop_after and done < args.steps
 
 
 def per_rank_batch(args: argparse.Namespace, info: DistInfo) -> int:

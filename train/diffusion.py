@@ -124,6 +124,7 @@ def train(args: argparse.Namespace, info: common.DistInfo) -> int:
     timer = common.Timer()
     bar = common.progress(args.steps, start, info.is_main and not args.no_progress, "denoiser")
     running: dict[str, float] = {}
+    done = start
     for step in range(start, args.steps):
         idx = common.batch_indices(len(images), batch, step, args.seed, info)
         x0 = to_model_range(images[idx]).to(info.device)
@@ -160,12 +161,19 @@ def train(args: argparse.Namespace, info: common.DistInfo) -> int:
             metrics = common.all_reduce_mean({k: v / n for k, v in running.items()}, info)
             log.write({"step": done, "lr": lr, **metrics, "seconds": elapsed_before + timer.elapsed()})
             running = {}
-        if info.is_main and (done % args.save_every == 0 or done == args.steps):
+        stopping = common.should_stop_early(args, done)
+        if info.is_main and (done % args.save_every == 0 or done == args.steps or stopping):
             common.save_checkpoint(ckpt_path, {
                 "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                 "step": done, "rng": common.rng_state(), "args": vars(args) | {"out": str(args.out)},
                 "train_seconds": elapsed_before + timer.elapsed()})
+        if stopping:
+            break
     bar.close()
+    if common.should_stop_early(args, done):
+        if info.is_main:
+            print(f"stopped after step {done}; continue with --resume", file=sys.stderr)
+        return 0
     if info.is_main:
         meta = {"diffusion": diffusion_config.to_dict(), "null_label": null_label, "class_names": data.class_names,
                 "flags": flags, "command": common.command_line(), "seed": args.seed,

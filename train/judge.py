@@ -94,6 +94,7 @@ def train(args: argparse.Namespace, info: common.DistInfo) -> int:
     timer = common.Timer()
     bar = common.progress(args.steps, start, info.is_main and not args.no_progress, "judge")
     sums = {"loss": 0.0, "acc": 0.0, "n": 0}
+    done = start
     for step in range(start, args.steps):
         idx = common.batch_indices(len(data), batch, step, args.seed, info)
         g = common.step_generator(args.seed, step, info.rank)
@@ -121,12 +122,19 @@ def train(args: argparse.Namespace, info: common.DistInfo) -> int:
             log.write({"step": done, "lr": lr, **common.all_reduce_mean({k: v / n for k, v in sums.items()}, info),
                        "seconds": elapsed_before + timer.elapsed()})
             sums = {"loss": 0.0, "acc": 0.0, "n": 0}
-        if info.is_main and (done % args.save_every == 0 or done == args.steps):
+        stopping = common.should_stop_early(args, done)
+        if info.is_main and (done % args.save_every == 0 or done == args.steps or stopping):
             common.save_checkpoint(ckpt_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": done,
                 "rng": common.rng_state(), "args": vars(args) | {"out": str(args.out)},
                 "train_seconds": elapsed_before + timer.elapsed()})
+        if stopping:
+            break
     bar.close()
+    if common.should_stop_early(args, done):
+        if info.is_main:
+            print(f"stopped after step {done}; continue with --resume", file=sys.stderr)
+        return 0
     if info.is_main:
         images, labels = heldout.tensors()
         held_acc = accuracy(model.cpu(), images, labels)
