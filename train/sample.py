@@ -29,31 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.bundles import BundleError, open_models
+from engine.cli_options import add_model_args, open_from_args
 from engine.guidance import GuidanceConfig, unguided
 from engine.viz import grid, images_to_uint8, save_png, upscale, to_rgb
 
 from . import common
-
-
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("models (default: the bundled MNIST models in models/)")
-    g.add_argument("--bundle", default=None, help="a bundle folder (bundle.json + model files)")
-    g.add_argument("--denoiser", default=None,
-                   help="PRESET:PATH of a published denoiser (or PATH with --preset-set)")
-    g.add_argument("--guide", action="append", default=[],
-                   help="NAME=PRESET:PATH of a published classifier (or NAME=PATH with --preset-set); repeatable")
-    g.add_argument("--preset-set", default=None, help="e.g. imagenet128 (see engine/presets.py)")
-    g.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
-                   help="denoiser torso precision on GPU (classifier gradients stay fp32)")
-
-
-def open_from_args(args: argparse.Namespace, device: str):
-    try:
-        return open_models(args.bundle, denoiser=args.denoiser, guides=args.guide, preset_set=args.preset_set,
-                           device=device, precision=args.precision)
-    except (BundleError, KeyError) as exc:
-        raise SystemExit(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
