@@ -1,0 +1,228 @@
+"""The survey over real HTTP: a real uvicorn server (`python -m survey serve`) in a
+subprocess on a free port, many raters voting at once, replayed requests, and a server
+killed (SIGKILL) mid-study and restarted."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from survey import flow
+from survey.create import SourceImage, StudyPlan, create_study
+from survey.db import open_db
+from survey.models import Impression, Vote
+
+ROOT = Path(__file__).resolve().parent.parent
+IMPRESSION = re.compile(r'name="impression" value="([^"]+)"')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m survey serve` in its own process group; kill() is SIGKILL, no goodbye."""
+
+    def __init__(self, db_path: Path, media: Path):
+        self.port = free_port()
+        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
+        self.log = open(db_path.parent / f"server-{self.port}.log", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "survey", "serve", "--db", str(db_path), "--media", str(media), "--host",
+             "127.0.0.1", "--port", str(self.port)], cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early: {(db_path.parent / f'server-{self.port}.log').read_text()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        self.kill()
+        raise RuntimeError("server did not start within 60 s")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.log.close()
+
+
+def make_study(tmp_path: Path, units: int, per_rater: int, gold_rate: float = 0.0, repeat_rate: float = 0.0):
+    rng = np.random.default_rng(1)
+    data = [{m: SourceImage(rng.integers(0, 255, (8, 8), dtype=np.uint8), m, f"c{i % 5}", i % 5, i) for m in
+             ("vanilla", "robust")} for i in range(units)]
+    db = open_db(tmp_path / "s.db")
+    study_id = create_study(db, tmp_path / "media", "http", data,
+                            plan=StudyPlan(per_rater=per_rater, gold_rate=gold_rate, repeat_rate=repeat_rate))
+    return db, study_id
+
+
+class Rater:
+    """A rater's browser: follows the link, consents, answers; records acknowledged votes."""
+
+    def __init__(self, base: str, token: str, rng_seed: int):
+        self.base, self.token = base, token
+        self.client = httpx.Client(base_url=base, timeout=30)
+        self.rng = np.random.default_rng(rng_seed)
+        self.acknowledged: dict[str, str] = {}
+        self.refused = 0
+
+    def start(self) -> None:
+        r = self.client.post(f"/r/{self.token}/consent")
+        assert r.status_code == 303
+
+    def current(self) -> str | None:
+        page = self.client.get(f"/r/{self.token}")
+        assert page.status_code == 200, page.text
+        match = IMPRESSION.search(page.text)
+        return match.group(1) if match else None
+
+    def vote(self, impression: str, answer: str) -> int:
+        r = self.client.post(f"/r/{self.token}/vote", data={"impression": impression, "answer": answer})
+        if r.status_code == 303:
+            self.acknowledged[impression] = answer
+        elif r.status_code == 409:
+            self.refused += 1
+        return r.status_code
+
+
+def stored_votes(db) -> dict[str, str]:
+    with db.session() as s:
+        return {t: a for t, a in s.execute(select(Impression.token, Vote.answer)
+                                           .join(Vote, Vote.impression_id == Impression.id))}
+
+
+def test_many_raters_at_once_lose_nothing_and_never_double_count(tmp_path):
+    db, study_id = make_study(tmp_path, units=24, per_rater=6, gold_rate=1 / 6, repeat_rate=1 / 6)
+    tokens = [r.invite_token for r in flow.invite(db, study_id, count=12)]
+    server = Server(tmp_path / "s.db", tmp_path / "media")
+    try:
+        raters = [Rater(server.url, t, i) for i, t in enumerate(tokens)]
+        barrier = threading.Barrier(len(raters))
+        errors: list[BaseException] = []
+
+        def run(rater: Rater) -> None:
+            try:
+                rater.start()
+                barrier.wait(30)
+                with ThreadPoolExecutor(2) as twin:
+                    while (impression := rater.current()) is not None:
+                        answer = "LRS"[int(rater.rng.integers(3))]
+                        # the same vote sent twice at once (double click, retry): exactly one may count
+                        codes = sorted(twin.map(lambda _: rater.vote(impression, answer), range(2)))
+                        assert codes == [303, 409], codes
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(r,)) for r in raters]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors[:3]
+        acknowledged = {k: v for r in raters for k, v in r.acknowledged.items()}
+        assert len(acknowledged) == 12 * 8  # 6 main + 1 gold + 1 repeat each
+        assert stored_votes(db) == acknowledged
+        assert sum(r.refused for r in raters) == len(acknowledged)
+        # a replay of an old request, long after, is refused too
+        old = next(iter(raters[0].acknowledged))
+        replay = raters[0].client.post(f"/r/{raters[0].token}/vote", data={"impression": old, "answer": "L"})
+        assert replay.status_code == 409
+        with db.session() as s:
+            assert s.scalar(select(func.count()).select_from(Vote)) == len(acknowledged)
+    finally:
+        server.kill()
+        db.dispose()
+
+
+def test_killed_server_keeps_every_acknowledged_vote(tmp_path):
+    db, study_id = make_study(tmp_path, units=30, per_rater=10)
+    tokens = [r.invite_token for r in flow.invite(db, study_id, count=6)]
+    server = Server(tmp_path / "s.db", tmp_path / "media")
+    raters = [Rater(server.url, t, i) for i, t in enumerate(tokens)]
+    for r in raters:
+        r.start()
+    stop = threading.Event()
+
+    def run(rater: Rater) -> None:
+        try:
+            while not stop.is_set() and (impression := rater.current()) is not None:
+                rater.vote(impression, "LRS"[int(rater.rng.integers(3))])
+        except httpx.HTTPError:
+            pass  # the server died under us; what was acknowledged is recorded
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in raters]
+    for t in threads:
+        t.start()
+    deadline = time.time() + 60
+    while sum(len(r.acknowledged) for r in raters) < 20 and time.time() < deadline:
+        time.sleep(0.01)
+    server.kill()  # SIGKILL while raters are mid-request
+    for t in threads:
+        t.join(30)
+    acknowledged = {k: v for r in raters for k, v in r.acknowledged.items()}
+    assert 20 <= len(acknowledged) < 60
+    restarted = Server(tmp_path / "s.db", tmp_path / "media")
+    try:
+        after_crash = stored_votes(db)
+        assert set(acknowledged) <= set(after_crash)
+        assert all(after_crash[k] == v for k, v in acknowledged.items())
+        assert len(after_crash) - len(acknowledged) <= len(raters)  # at most one in-flight vote per rater
+        # everyone resumes through the new server and finishes exactly their 10 pairs
+        for r in raters:
+            r.client = httpx.Client(base_url=restarted.url, timeout=30)
+            while (impression := r.current()) is not None:
+                assert r.vote(impression, "S") == 303
+        with db.session() as s:
+            per_rater = dict(s.execute(select(Vote.rater_id, func.count()).group_by(Vote.rater_id)).all())
+        assert sorted(per_rater.values()) == [10] * 6
+    finally:
+        restarted.kill()
+        db.dispose()
+
+
+def test_serve_refuses_oversized_and_malformed_requests_over_http(tmp_path):
+    db, study_id = make_study(tmp_path, units=4, per_rater=2)
+    token = flow.invite(db, study_id)[0].invite_token
+    server = Server(tmp_path / "s.db", tmp_path / "media")
+    try:
+        rater = Rater(server.url, token, 0)
+        rater.start()
+        impression = rater.current()
+
+        def chunks():
+            yield b"impression=" + impression.encode() + b"&answer=L&x="
+            for _ in range(100):
+                yield b"y" * 1024
+
+        # streamed (chunked, no Content-Length) oversized body
+        r = rater.client.post(f"/r/{token}/vote", content=chunks(),
+                              headers={"content-type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 413
+        r = rater.client.post(f"/r/{token}/vote", content=b"answer=L", headers={
+            "content-type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 400
+        assert stored_votes(db) == {}
+        assert rater.vote(impression, "L") == 303
+    finally:
+        server.kill()
+        db.dispose()
