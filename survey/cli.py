@@ -82,7 +82,7 @@ def _rules(args: argparse.Namespace) -> ExclusionRules | None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m survey", description="Pairwise human preference study "
                                      "(Left / Right / Same) of guided-diffusion samples, and its analysis.",
-                                     epilog=__doc__.split("Examples\n--------\n", 1)[1],
+                                     epilog="examples:\n" + __doc__.split("Examples\n--------\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -1,0 +1,111 @@
+"""`python -m survey` end to end on a real SQLite file: init, create (bundle / npz), invite,
+report (database and CSV give the same figures), export, power, info, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from survey import flow
+from survey.cli import main
+from survey.create import find_study
+from survey.db import open_db
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*argv: str) -> int:
+    return main([str(a) for a in argv])
+
+
+def vote_everything(db_path: Path, study: str, raters: int) -> None:
+    db = open_db(db_path)
+    study_id = find_study(db, study).id
+    rng = np.random.default_rng(0)
+    for rater in flow.invite(db, study_id, count=raters):
+        flow.consent(db, rater.invite_token)
+        while (state := flow.state(db, rater.invite_token)).status == "pair":
+            flow.record_vote(db, rater.invite_token, state.showing.token, "LRS"[int(rng.integers(3))])
+    db.dispose()
+
+
+def test_help_lists_commands_and_examples():
+    out = subprocess.run([sys.executable, "-m", "survey", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0
+    for word in ("init", "create", "invite", "serve", "report", "export", "power", "--from-bundle", "examples:"):
+        assert word in out.stdout
+
+
+def test_bundle_study_report_and_export(tmp_path, tiny_bundle_dir, capsys):
+    db = tmp_path / "s.db"
+    assert run("init", "--db", db) == 0
+    assert run("create", "--db", db, "--name", "tiny", "--from-bundle", tiny_bundle_dir, "--methods", "vanilla:0.5",
+               "robust:1.0", "--pairs", "4", "--respacing", "10", "--per-rater", "4", "--gold-rate", "0.25",
+               "--repeat-rate", "0.25", "--device", "cpu", "--exclude-gold-below", "0.5") == 0
+    assert "4 main, 1 gold, 4 repeat pairs" in capsys.readouterr().out
+    assert run("invite", "--db", db, "--name", "Ann O'Neil", "--name", "x'); DROP TABLE raters;--",
+               "--base-url", "http://lab:7860/survey") == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("Ann O'Neil\thttp://lab:7860/survey/r/")
+    vote_everything(db, "tiny", raters=5)
+    assert run("report", "--db", db, "--bootstrap", "50") == 0
+    text = capsys.readouterr().out
+    assert "## robust vs vanilla" in text and "Table 2" in text and "users who selected a side" in text
+    assert "gold accuracy below 50%" in text and "study settings at creation" in text
+    assert run("report", "--db", db, "--json", "--bootstrap", "0", "--denominator", "all") == 0
+    from_db = json.loads(capsys.readouterr().out)
+    assert from_db["comparisons"][0]["table2"]["denominator"] == "all"
+    csv = tmp_path / "votes.csv"
+    assert run("export", "--db", db, "--out", csv) == 0
+    assert run("report", "--votes", csv, "--json", "--bootstrap", "0", "--denominator", "all", "--exclude-gold-below",
+               "0.5") == 0
+    from_csv = json.loads(capsys.readouterr().out)
+    assert from_csv["comparisons"] == from_db["comparisons"]
+    assert from_csv["quality"]["position_bias"] == from_db["quality"]["position_bias"]
+    assert from_csv["exclusions"]["excluded"] == from_db["exclusions"]["excluded"]
+    assert from_csv["exclusions"]["source"] == "command line"
+    header = csv.read_text().splitlines()[0].split(",")
+    for column in ("pair_id", "rater_id", "left_method", "right_method", "answer", "pair_kind", "latency_ms",
+                   "gold_correct_method", "source_pair_id", "shown_at", "answered_at"):
+        assert column in header
+    assert run("info", "--db", db) == 0
+    assert "tiny" in capsys.readouterr().out
+
+
+def test_npz_study_and_errors(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 12)
+    np.savez(tmp_path / "a.npz", rng.integers(0, 255, (12, 8, 8, 3), dtype=np.uint8), labels)
+    np.savez(tmp_path / "b.npz", rng.integers(0, 255, (12, 8, 8, 3), dtype=np.uint8), labels)
+    np.savez(tmp_path / "bad.npz", rng.integers(0, 255, (12, 8, 8, 3), dtype=np.uint8), (labels + 1) % 3)
+    (tmp_path / "classes.txt").write_text("cat\ndog\nbird\n")
+    db = tmp_path / "s.db"
+    assert run("create", "--db", db, "--name", "files", "--from-npz", tmp_path / "a.npz", tmp_path / "b.npz",
+               "--names", "vanilla", "robust", "--class-names", tmp_path / "classes.txt", "--pairs", "10") == 0
+    assert (tmp_path / "s_media").is_dir()
+    assert run("report", "--db", db) == 2
+    assert "no votes to analyse yet" in capsys.readouterr().err
+    assert run("create", "--db", db, "--name", "bad", "--from-npz", tmp_path / "a.npz", tmp_path / "bad.npz") == 2
+    assert "labels differ at 12 of 12 indices" in capsys.readouterr().err
+    assert run("create", "--db", db, "--name", "files", "--from-npz", tmp_path / "a.npz", tmp_path / "b.npz") == 2
+    assert "already exists" in capsys.readouterr().err
+    assert run("report", "--votes", tmp_path / "missing.csv") == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert run("invite", "--db", db, "--study", "nope") == 2
+    assert "no study 'nope'" in capsys.readouterr().err
+
+
+def test_power_command(capsys):
+    assert run("power", "--paper") == 0
+    out = capsys.readouterr().out
+    assert "decisive answers needed" in out and "pairs at 25.09 answers per pair" in out
+    assert run("power", "--effect", "0.6", "--json") == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["decisive_answers"] > 150 and plan["achieved_power"] >= 0.8
+    assert run("power", "--effect", "0.5") == 2
