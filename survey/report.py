@@ -235,4 +235,33 @@ def report_markdown(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-__all__ = ["DENOMINATOR_TEXT", "ReportOptions", "build_report", "comparison_report", "report_json", "report_markdown"]
+def study_report(db, study: str | int | None = None, **overrides: Any) -> dict[str, Any] | None:  # noqa: ANN001
+    """The report of a study in a :class:`survey.db.SurveyDB` with the exclusion rules,
+    fast-answer threshold and method order declared when the study was created (None
+    while it has no votes). ``overrides`` replace :class:`ReportOptions` fields, e.g.
+    ``bootstrap=0`` or ``denominator="all"``; passing ``rules`` marks them as given by
+    the caller instead of declared in advance."""
+    from .create import find_study
+    from .votes import votes_from_db
+
+    current = find_study(db, study)
+    with db.session() as session:
+        table = votes_from_db(session, current.id)
+    if table.empty:
+        return None
+    settings = current.settings
+    values: dict[str, Any] = {
+        "rules": ExclusionRules.from_dict(settings.get("exclusions")),
+        "rules_source": f"study settings at creation ({settings.get('exclusions_declared_at', '?')})",
+        "fast_ms": float(settings.get("fast_ms", DEFAULT_FAST_MS)),
+        "order": A.default_order(current.methods),
+    }
+    if "rules" in overrides and "rules_source" not in overrides:
+        overrides["rules_source"] = "given at report time (replacing the study's declared rules)"
+    values.update(overrides)
+    return build_report(table, ReportOptions(**values), title=f"Survey report: {current.name}",
+                        source="study database")
+
+
+__all__ = ["DENOMINATOR_TEXT", "ReportOptions", "build_report", "comparison_report", "report_json", "report_markdown",
+           "study_report"]

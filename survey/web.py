@@ -331,26 +331,12 @@ def _study_names(db: SurveyDB) -> list[str]:
 
 
 def _report(db: SurveyDB, study: str | None) -> tuple[Study, dict | None, dict]:
-    """The report of a study with the exclusion rules declared at its creation."""
+    """The report of a study with the rules declared at its creation, plus its counts."""
     from .create import find_study, study_counts
-    from .quality import ExclusionRules
-    from .analysis import default_order
-    from .report import ReportOptions, build_report
-    from .votes import votes_from_db
+    from .report import study_report
 
     current = find_study(db, study)
-    counts = study_counts(db, current.id)
-    with db.session() as session:
-        table = votes_from_db(session, current.id)
-    if table.empty:
-        return current, None, counts
-    settings = current.settings
-    options = ReportOptions(rules=ExclusionRules.from_dict(settings.get("exclusions")),
-                            rules_source=f"study settings, {settings.get('exclusions_declared_at', 'at creation')}",
-                            fast_ms=float(settings.get("fast_ms", 800)), bootstrap=1000,
-                            order=default_order(current.methods))
-    return current, build_report(table, options, title=f"Survey report: {current.name}", source="study database"), \
-        counts
+    return current, study_report(db, current.name, bootstrap=1000), study_counts(db, current.id)
 
 
 def serve(db_url: str | Path, media_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
