@@ -86,6 +86,7 @@ def served(tmp_path):
     db.dispose()
 
 
+@pytest.mark.browser
 def test_rater_votes_through_the_survey_in_a_real_browser(served):
     require_browser()
     from playwright.sync_api import sync_playwright

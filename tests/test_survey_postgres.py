@@ -1,0 +1,91 @@
+"""The survey on PostgreSQL: same code, only the URL changes.
+
+Runs when SURVEY_TEST_POSTGRES_URL names a server where the user may create databases,
+e.g. ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres`` (needs the psycopg
+package); each run works in a fresh database that it drops afterwards. Skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+
+import numpy as np
+import pytest
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+
+from survey import flow
+from survey.create import SourceImage, StudyPlan, create_study
+from survey.db import open_db, utcnow
+from survey.models import Base, Vote
+
+URL = os.environ.get("SURVEY_TEST_POSTGRES_URL")
+
+
+@pytest.fixture()
+def pg_url():
+    if not URL:
+        pytest.skip("set SURVEY_TEST_POSTGRES_URL (e.g. postgresql+psycopg://postgres@127.0.0.1/postgres) to run the "
+                    "PostgreSQL tests")
+    name = "survey_test_" + secrets.token_hex(4)
+    admin = create_engine(URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(URL).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def test_postgres_schema_flow_integrity_and_report(pg_url, tmp_path):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    db = open_db(pg_url)
+    try:
+        with db.engine.connect() as c:
+            diff = compare_metadata(MigrationContext.configure(c, opts={"compare_type": True}), Base.metadata)
+        assert [d for d in diff if not (d[0] == "remove_table" and d[1].name == "survey_alembic_version")] == []
+        rng = np.random.default_rng(0)
+        units = [{m: SourceImage(rng.integers(0, 255, (8, 8), dtype=np.uint8), m, f"c{i}", i, i) for m in
+                  ("vanilla", "robust")} for i in range(12)]
+        study_id = create_study(db, tmp_path / "media", "pg", units,
+                                plan=StudyPlan(per_rater=6, gold_rate=1 / 6, repeat_rate=1 / 6))
+        raters = flow.invite(db, study_id, count=8, names=["O'Brien"] + [None] * 7)
+        errors = []
+
+        def rate(token: str, seed: int) -> None:
+            try:
+                r = np.random.default_rng(seed)
+                flow.consent(db, token)
+                while (state := flow.state(db, token)).status == "pair":
+                    flow.record_vote(db, token, state.showing.token, "LRS"[int(r.integers(3))])
+                    with pytest.raises(flow.AlreadyAnswered):
+                        flow.record_vote(db, token, state.showing.token, "L")
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=rate, args=(r.invite_token, i)) for i, r in enumerate(raters)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors[:3]
+        with db.session() as s:
+            assert s.scalar(select(func.count()).select_from(Vote)) == 8 * 8
+            vote = s.scalars(select(Vote)).first()
+            assert vote.answered_at.tzinfo is not None
+        with pytest.raises(IntegrityError):
+            with db.session() as s:
+                s.add(Vote(impression_id=vote.impression_id, rater_id=vote.rater_id, pair_id=vote.pair_id, answer="X",
+                           answered_at=utcnow(), latency_ms=1))
+        from survey.report import report_markdown, study_report
+
+        report = study_report(db, "pg", bootstrap=100)
+        assert report["data"]["main_answers"] == 48
+        assert "Table 2" in report_markdown(report)
+    finally:
+        db.dispose()
