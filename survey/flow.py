@@ -174,11 +174,11 @@ def _least_shown(session: Session, study_id: int, rater_id: int, kind: str) -> l
     return [r[0] for r in rows]
 
 
-def _repeat_candidates(session: Session, study_id: int, rater_id: int) -> list[int]:
-    """Repeat pairs whose source main pair this rater answered (not in their last
-    REPEAT_GAP answers) and whose repeat they have not been shown."""
+def _repeat_candidates(session: Session, study_id: int, rater_id: int, gap: int = REPEAT_GAP) -> list[int]:
+    """Repeat pairs whose source main pair this rater answered (preferably not in their
+    last ``gap`` answers) and whose repeat they have not been shown."""
     recent = [r[0] for r in session.execute(select(Vote.pair_id).where(Vote.rater_id == rater_id)
-                                            .order_by(Vote.id.desc()).limit(REPEAT_GAP)).all()]
+                                            .order_by(Vote.id.desc()).limit(gap)).all()] if gap else []
     seen = select(Impression.pair_id).where(Impression.rater_id == rater_id)
     answered = select(Vote.pair_id).where(Vote.rater_id == rater_id)
     rows = session.scalars(select(Pair.id).where(Pair.study_id == study_id, Pair.kind == "repeat",
@@ -213,8 +213,11 @@ def _choose_pair(session: Session, study: Study, rater: Rater) -> int | None:
     while kinds:
         weights = [remaining[k] for k in kinds]
         kind = _random.choices(kinds, weights)[0]
-        candidates = (_repeat_candidates(session, study.id, rater.id) if kind == "repeat"
-                      else _least_shown(session, study.id, rater.id, kind))
+        if kind == "repeat":
+            gap = REPEAT_GAP if remaining["main"] > 0 else 0  # near the end, a recent source is fine
+            candidates = _repeat_candidates(session, study.id, rater.id, gap)
+        else:
+            candidates = _least_shown(session, study.id, rater.id, kind)
         if candidates:
             return candidates[0]
         if kind == "repeat" and remaining["main"] > 0:

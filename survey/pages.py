@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import re
+from urllib.parse import quote
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f6f7f9;color:#1d2430}
@@ -156,8 +157,8 @@ def results_page(report_markdown: str, studies: list[str], current: str, counts:
     body = f"""<div class="card"><h1>Survey results</h1>
 <form method="get" action="results">Study: <select name="study">{options}</select> <button class="secondary">Show</button>
 </form><p class="muted">{esc(summary)}</p>
-<p><a href="results.json?study={esc(current)}">report as JSON</a> &middot;
-<a href="votes.csv?study={esc(current)}">raw votes (CSV)</a></p>
+<p><a href="results.json?study={esc(quote(current, safe=''))}">report as JSON</a> &middot;
+<a href="votes.csv?study={esc(quote(current, safe=''))}">raw votes (CSV)</a></p>
 <form method="post" action="invite"><input type="hidden" name="study" value="{esc(current)}">
 New rater links: <input name="count" value="1" size="3"> <button class="secondary">Create</button></form>
 {f"<ul>{shown_links}</ul>" if shown_links else ""}

@@ -111,7 +111,8 @@ def normalise_votes(frame: pd.DataFrame, source: str = "votes table") -> pd.Data
         if wrong.any():
             raise VotesError(f"{source}: choice disagrees with answer and sides on line(s) {_rows(wrong, votes)}")
     votes["choice"] = choice
-    methods = votes.apply(lambda r: tuple(sorted((r["left_method"], r["right_method"]))), axis=1)
+    left, right = votes["left_method"], votes["right_method"]
+    methods = (left.where(left < right, right) + "\x1f" + right.where(left < right, left))
     per_pair = methods.groupby(votes["pair_id"]).nunique()
     mixed = per_pair[per_pair > 1]
     if len(mixed):

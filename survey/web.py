@@ -29,7 +29,7 @@ import json
 import secrets
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
@@ -288,6 +288,10 @@ def create_survey_app(db_url: str | Path, media_dir: str | Path, admin_password:
     async def make_invites(request: Request) -> Response:
         if not authorised(request):
             return denied()
+        origin = request.headers.get("origin")
+        if origin and urlsplit(origin).netloc != request.headers.get("host"):
+            # a cross-site form post riding on the browser's cached Basic credentials
+            return PlainTextResponse("cross-site request refused", 403)
         from .create import find_study
 
         body = (await request.body()).decode("utf-8", "replace")

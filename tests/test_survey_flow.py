@@ -227,6 +227,27 @@ def test_results_need_the_admin_password(study, tmp_path):
     assert csv.status_code == 200 and csv.text.count("\n") == 11
     made = client.post("/survey/invite", data={"count": "2"}, auth=("a", PASSWORD))
     assert made.status_code == 200 and len(re.findall(r"/survey/r/[A-Za-z0-9_-]{32}", made.text)) == 2
+    forged = client.post("/survey/invite", data={"count": "2"}, auth=("a", PASSWORD),
+                         headers={"origin": "https://evil.example"})
+    assert forged.status_code == 403
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Rater)) == 3
     closed = FastAPI()
     closed.mount("/survey", create_survey_app(tmp_path / "s.db", tmp_path / "media", None, db=db))
     assert TestClient(closed).get("/survey/results", auth=("a", "")).status_code == 403
+
+
+def test_small_quota_still_gets_its_repeat(tmp_path):
+    db = open_db(tmp_path / "q.db")
+    study_id = create_study(db, tmp_path / "media", "small", make_units(4),
+                            plan=StudyPlan(per_rater=2, repeat_rate=0.5))
+    token = flow.invite(db, study_id)[0].invite_token
+    flow.consent(db, token)
+    kinds = []
+    while (state := flow.state(db, token)).status == "pair":
+        with db.session() as s:
+            kinds.append(s.scalar(select(Pair.kind).join(Impression, Impression.pair_id == Pair.id)
+                                  .where(Impression.token == state.showing.token)))
+        flow.record_vote(db, token, state.showing.token, "L")
+    assert sorted(kinds) == ["main", "main", "repeat"] and kinds[-1] == "repeat"
+    db.dispose()
