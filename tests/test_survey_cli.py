@@ -24,13 +24,29 @@ def run(*argv: str) -> int:
 
 
 def vote_everything(db_path: Path, study: str, raters: int) -> None:
+    """Raters answer at random, except gold pairs: all but the last rater pick the intact
+    image; the last rater answers Same to everything (and so fails every gold pair)."""
+    from sqlalchemy import select
+
+    from survey.models import Impression, Pair
+
     db = open_db(db_path)
     study_id = find_study(db, study).id
     rng = np.random.default_rng(0)
-    for rater in flow.invite(db, study_id, count=raters):
+    invited = flow.invite(db, study_id, count=raters)
+    for k, rater in enumerate(invited):
         flow.consent(db, rater.invite_token)
         while (state := flow.state(db, rater.invite_token)).status == "pair":
-            flow.record_vote(db, rater.invite_token, state.showing.token, "LRS"[int(rng.integers(3))])
+            with db.session() as s:
+                impression, pair = s.execute(select(Impression, Pair).join(Pair, Pair.id == Impression.pair_id)
+                                             .where(Impression.token == state.showing.token)).one()
+            if k == len(invited) - 1:
+                answer = "S"
+            elif pair.kind == "gold":
+                answer = "L" if impression.left_image_id == pair.gold_image_id else "R"
+            else:
+                answer = "LRS"[int(rng.integers(3))]
+            flow.record_vote(db, rater.invite_token, state.showing.token, answer)
     db.dispose()
 
 
@@ -58,6 +74,7 @@ def test_bundle_study_report_and_export(tmp_path, tiny_bundle_dir, capsys):
     text = capsys.readouterr().out
     assert "## robust vs vanilla" in text and "Table 2" in text and "users who selected a side" in text
     assert "gold accuracy below 50%" in text and "study settings at creation" in text
+    assert "- gold accuracy: 1 rater(s) excluded" in text and "Raters 5 -> 4" in text
     assert run("report", "--db", db, "--json", "--bootstrap", "0", "--denominator", "all") == 0
     from_db = json.loads(capsys.readouterr().out)
     assert from_db["comparisons"][0]["table2"]["denominator"] == "all"
