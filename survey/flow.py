@@ -25,7 +25,7 @@ from typing import Sequence
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from .db import SurveyDB, utcnow
 from .models import ANSWERS, Image, Impression, Pair, Rater, Study, Vote

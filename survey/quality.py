@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-import numpy as np
 import pandas as pd
 
 DEFAULT_FAST_MS = 800.0
@@ -172,10 +171,6 @@ def gold_summary(table: pd.DataFrame) -> dict[str, Any]:
             "mean_accuracy": float(rated["gold_accuracy"].mean()) if len(rated) else float("nan"),
             "per_rater": {str(r): {"answers": int(n), "accuracy": float(a)}
                           for r, n, a in zip(rated.index, rated["gold_answers"], rated["gold_accuracy"])}}
-
-
-def finite_or_none(value: float) -> float | None:
-    return None if value is None or (isinstance(value, float) and not np.isfinite(value)) else float(value)
 
 
 __all__ = ["DEFAULT_FAST_MS", "ExclusionReport", "ExclusionRules", "apply_exclusions", "flagged", "gold_summary",
