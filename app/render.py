@@ -1,0 +1,371 @@
+"""Engine results -> values the UI shows: uint8 pictures with captions, matplotlib
+figures as RGB arrays, and tables. Formatting only; the numbers come from the engine
+(``engine.viz``, ``engine.trace``, ``engine.lab_support``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from engine import viz
+from engine.inspect import AttackRecord, GradientRecord
+from engine.lab_support import StabilityRow, evenly_spaced, perturbation
+from engine.sampler import SampleResult
+
+DISPLAY_PIXELS = 112  # small images are upscaled (nearest) to about this size
+MAX_FILMSTRIP_ROWS = 4
+LABEL_MARGIN = 28  # blank band on top of composed pictures: the UI's image label floats there
+Caption = tuple[np.ndarray, str]
+
+
+# ------------------------------------------------------------------------------ pictures
+def upscale_factor(height: int, pixels: int = DISPLAY_PIXELS) -> int:
+    """Integer nearest-neighbour factor that shows an image of ``height`` at about ``pixels``."""
+    return max(1, pixels // max(1, height))
+
+
+def show(images: torch.Tensor, pixels: int = DISPLAY_PIXELS) -> np.ndarray:
+    """(N, C, H, W) images in [-1, 1] -> (N, H', W', 3) uint8, upscaled when small."""
+    arr = viz.to_rgb(viz.images_to_uint8(images))
+    return viz.upscale(arr, upscale_factor(arr.shape[1], pixels))
+
+
+def show_gradients(grads: torch.Tensor, signed: bool, pixels: int = DISPLAY_PIXELS) -> np.ndarray:
+    """(N, C, H, W) gradients -> (N, H', W', 3) maps (min-max per image, or signed)."""
+    arr = viz.gradient_maps(grads, signed=signed)
+    return viz.upscale(arr, upscale_factor(arr.shape[1], pixels))
+
+
+def show_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) uint8 -> (N, H', W', 3) uint8, upscaled when small."""
+    arr = viz.to_rgb(images.permute(0, 2, 3, 1).numpy())
+    return viz.upscale(arr, upscale_factor(arr.shape[1]))
+
+
+def row(images: np.ndarray) -> np.ndarray:
+    """Tile (N, H, W, 3) pictures in one row."""
+    return viz.grid(images, ncols=len(images), padding=2)
+
+
+def labelled_stack(items: Sequence[Caption], padding: int = 6) -> np.ndarray:
+    """Stack pictures vertically, each under a one-line caption, on white: one figure
+    that reads like the paper's (rows = methods)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    if not items:
+        return np.full((24, 240, 3), 255, np.uint8)
+    font = ImageFont.load_default(size=13)
+    band = 20
+    text_widths = [int(font.getlength(caption)) for _, caption in items]
+    width = max(max(p.shape[1] for p, _ in items), max(text_widths)) + 2 * padding
+    height = sum(p.shape[0] + band + padding for p, _ in items) + padding + LABEL_MARGIN
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    y = padding + LABEL_MARGIN
+    for picture, caption in items:
+        draw.text((padding, y + 3), caption, fill=(20, 20, 20), font=font)
+        y += band
+        canvas.paste(Image.fromarray(np.ascontiguousarray(picture)), (padding, y))
+        y += picture.shape[0] + padding
+    return np.asarray(canvas)
+
+
+def labelled_grid(cells: Sequence[Sequence[np.ndarray]], col_labels: Sequence[str], row_labels: Sequence[str],
+                  cell_labels: Sequence[Sequence[str]] | None = None, padding: int = 4) -> np.ndarray:
+    """A table of equally sized pictures: column headers on top, row labels on the left,
+    an optional caption under each cell (ASCII text: it is drawn into the picture)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    if not cells or not cells[0]:
+        return np.full((24, 240, 3), 255, np.uint8)
+    font = ImageFont.load_default(size=13)
+    h, w = cells[0][0].shape[:2]
+    left = max(int(font.getlength(t)) for t in row_labels) + 2 * padding if row_labels else padding
+    col_width = max(w, *(int(font.getlength(t)) for t in col_labels)) + padding
+    cap_h = 17 if cell_labels else 0
+    if cell_labels:
+        col_width = max(col_width, *(int(font.getlength(t)) + padding for r in cell_labels for t in r))
+    top = LABEL_MARGIN + 20
+    row_height = h + cap_h + padding
+    ncols = max(len(r) for r in cells)
+    canvas = Image.new("RGB", (left + ncols * col_width + padding, top + len(cells) * row_height + padding), "white")
+    draw = ImageDraw.Draw(canvas)
+    for c, label in enumerate(col_labels):
+        draw.text((left + c * col_width, LABEL_MARGIN + 3), label, fill=(20, 20, 20), font=font)
+    for r, row_cells in enumerate(cells):
+        y = top + r * row_height
+        if r < len(row_labels):
+            draw.text((padding, y + h // 2 - 7), row_labels[r], fill=(20, 20, 20), font=font)
+        for c, picture in enumerate(row_cells):
+            x = left + c * col_width
+            canvas.paste(Image.fromarray(np.ascontiguousarray(picture)), (x, y))
+            if cell_labels and c < len(cell_labels[r]):
+                draw.text((x, y + h + 1), cell_labels[r][c], fill=(60, 60, 60), font=font)
+    return np.asarray(canvas)
+
+
+def column_caption(config: Any, accuracy: float | None = None) -> str:
+    """"robust | guide robust, x_t | s=2" (+ judge accuracy) for a GuidanceConfig (ASCII:
+    it is drawn into the picture)."""
+    parts = [config.name]
+    if config.method == "classifier":
+        parts.append(f"guide {config.classifier}, {config.gradient_source}")
+        if config.stabiliser != "none":
+            parts.append(config.stabiliser)
+        parts.append(f"s={config.scale:g}")
+    elif config.method == "cfg":
+        parts.append(f"classifier-free, w={config.scale:g}")
+    else:
+        parts.append("unguided")
+    if config.denoiser_mode == "unconditional":
+        parts.append("unconditional denoiser")
+    text = " | ".join(parts)
+    if accuracy is not None and not math.isnan(accuracy):
+        text += f" | judge accuracy {accuracy:.0%}"
+    return text
+
+
+def final_gallery(result: SampleResult, accuracies: Mapping[str, float] | None = None) -> list[Caption]:
+    """One item per column: its final images in a row, one per seed (Figure 2 layout;
+    :func:`labelled_stack` makes them one picture)."""
+    accuracies = accuracies or {}
+    items = []
+    for config in result.configs:
+        items.append((row(show(result.images[config.name])), column_caption(config, accuracies.get(config.name))))
+    return items
+
+
+def filmstrip_gallery(result: SampleResult, kind: str, frames: int, signed: bool = False,
+                      gradient: str = "raw") -> list[Caption]:
+    """Per column a grid: rows = the first seeds, columns = evenly spaced recorded steps.
+
+    ``kind`` is ``pred_x0`` (the denoiser's predicted x0, Figure 5) or ``gradient``
+    (the guidance gradient: ``raw`` as computed or ``applied`` after stabiliser and
+    scale). Columns without a gradient are left out of the gradient strip."""
+    items = []
+    for config in result.configs:
+        trace = result.traces.get(config.name)
+        if trace is None or not trace.snapshots:
+            continue
+        picked = [trace.snapshots[i] for i in evenly_spaced(len(trace.snapshots), frames)]
+        if kind == "pred_x0":
+            tensors = [s.pred_x0 for s in picked]
+        else:
+            tensors = [s.grad_raw if gradient == "raw" else s.grad_applied for s in picked]
+            if any(t is None for t in tensors):
+                continue
+        rows = min(MAX_FILMSTRIP_ROWS, tensors[0].shape[0])
+        stacked = torch.stack([t[:rows].float() for t in tensors], dim=1)  # (rows, frames, C, H, W)
+        flat = stacked.flatten(0, 1)
+        small = DISPLAY_PIXELS // 2
+        pictures = show(flat, small) if kind == "pred_x0" else show_gradients(flat, signed, small)
+        picture = viz.grid(pictures, ncols=len(picked), padding=2)
+        steps = ", ".join(f"{s.timestep:g}" for s in picked)
+        what = "predicted x0" if kind == "pred_x0" else f"{gradient} gradient ({'signed' if signed else 'min-max'})"
+        seeds = ", ".join(str(s) for s in result.seeds[:rows])
+        items.append((picture, f"{config.name}: {what} at t = {steps} (rows: seeds {seeds})"))
+    return items
+
+
+# ------------------------------------------------------------------------------ figures
+def figure_array(fig: Any) -> np.ndarray:
+    """Render a matplotlib Figure to an (H, W, 3) uint8 array."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def _new_figure(panels: int, width: float = 5.0, height: float = 3.2) -> tuple[Any, list[Any]]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * panels, height), dpi=90, layout="constrained")
+    # leave the top band free: the UI's image label floats over it
+    fig.get_layout_engine().set(rect=(0, 0, 1, 1 - LABEL_MARGIN / (height * 90)))
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _figure_legend(fig: Any, axes: Sequence[Any]) -> None:
+    """One legend for all panels, below them."""
+    for ax in axes:
+        handles, labels = ax.get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5), fontsize=8,
+                       frameon=False)
+            return
+
+
+def _band(ax: Any, x: Sequence[float], stats: Mapping[str, list[float]], label: str, color: Any) -> bool:
+    mean = np.asarray(stats["mean"], dtype=float)
+    std = np.asarray(stats["std"], dtype=float)
+    if not np.isfinite(mean).any():
+        return False
+    x = np.asarray(x, dtype=float)
+    ax.plot(x, mean, label=label, color=color, lw=1.6, marker="o" if len(x) <= 12 else None, ms=3)
+    ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.18, lw=0)
+    return True
+
+
+def _time_axis(ax: Any, title: str, ylabel: str) -> None:
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("timestep t (noise → image)")
+    ax.set_ylabel(ylabel)
+    if not ax.xaxis_inverted():
+        ax.invert_xaxis()
+    ax.grid(alpha=0.3)
+
+
+def _colors(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]
+
+
+def log_prob_figure(result: SampleResult) -> np.ndarray:
+    """log p(target | x_t) over the timesteps, one panel per monitored classifier, one
+    line (mean ± std over the batch) per column. Without monitors: each column's own guide."""
+    summaries = {c.name: result.traces[c.name].summary() for c in result.configs if c.name in result.traces}
+    monitors = list(dict.fromkeys(k.split(":", 1)[1] for s in summaries.values() for k in s
+                                  if k.startswith("monitor:")))
+    keys = [f"monitor:{m}" for m in monitors] or ["log_prob"]
+    fig, axes = _new_figure(len(keys), height=3.6)
+    colors = _colors(len(result.configs))
+    for ax, key in zip(axes, keys):
+        drawn = False
+        for color, config in zip(colors, result.configs):
+            s = summaries.get(config.name)
+            if s is not None and key in s:
+                drawn |= _band(ax, s["timestep"], s[key], config.name, color)
+        title = (f"log p(y | x_t) by {key.split(':', 1)[1]}" if key != "log_prob"
+                 else "log p(y | guide input), own guide")
+        _time_axis(ax, title, "log p(y | x_t)")
+        if not drawn:
+            ax.text(0.5, 0.5, "no classifier in this run", ha="center", va="center", transform=ax.transAxes)
+    _figure_legend(fig, axes)
+    return figure_array(fig)
+
+
+def stability_figure(result: SampleResult, gradient: str = "raw") -> np.ndarray:
+    """GradCheck's view: per column, the cosine similarity between consecutive guidance
+    gradients and the gradient norm over the timesteps (mean ± std over the batch)."""
+    cos_key, norm_key = ("cos_raw", "grad_norm") if gradient == "raw" else ("cos_applied", "applied_norm")
+    fig, (ax_cos, ax_norm) = _new_figure(2, height=3.6)
+    drawn = False
+    for color, config in zip(_colors(len(result.configs)), result.configs):
+        trace = result.traces.get(config.name)
+        if trace is None:
+            continue
+        s = trace.summary()
+        drawn |= _band(ax_cos, s["timestep"], s[cos_key], config.name, color)
+        _band(ax_norm, s["timestep"], s[norm_key], config.name, color)
+    _time_axis(ax_cos, f"cos(g_t, g_t+1), {gradient} gradient", "cosine similarity")
+    _time_axis(ax_norm, f"‖g‖, {gradient} gradient", "L2 norm")
+    if drawn:
+        ax_norm.set_yscale("log")
+        _figure_legend(fig, [ax_cos, ax_norm])
+    else:
+        for ax in (ax_cos, ax_norm):
+            ax.text(0.5, 0.5, "no guidance gradient in this run", ha="center", va="center", transform=ax.transAxes)
+    return figure_array(fig)
+
+
+# ------------------------------------------------------------------------------ tables
+def _round(value: float, digits: int = 3) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(float(value), digits)
+
+
+def stability_table(rows: Sequence[StabilityRow]) -> pd.DataFrame:
+    """The stability rows as a table (NaN shown empty)."""
+    return pd.DataFrame([{
+        "column": r.column, "method": r.method, "guide": r.guide, "source": r.source, "stabiliser": r.stabiliser,
+        "denoiser": r.denoiser_mode, "scale": _round(r.scale), "images": r.images,
+        "judge accuracy": _round(r.judge_accuracy), "mean cos": _round(r.mean_cos), "late cos": _round(r.late_cos),
+        "mean ‖g‖": _round(r.mean_grad_norm, 4), "final log p": _round(r.final_log_prob),
+    } for r in rows])
+
+
+def inspector_outputs(records: Sequence[GradientRecord], class_names: Sequence[str],
+                      signed: bool) -> tuple[np.ndarray, pd.DataFrame]:
+    """One picture (rows = timesteps; columns = x_t, then each guide's gradient, with its
+    prediction under it) and the table of predictions."""
+    guides = list(dict.fromkeys(r.guide for r in records))
+    cells, row_labels, cell_labels, table = [], [], [], []
+    for t in dict.fromkeys(r.t for r in records):
+        at_t = {r.guide: r for r in records if r.t == t}
+        first = next(iter(at_t.values()))
+        row = [show(first.x_t[None])[0]]
+        captions = [""]
+        for g in guides:
+            r = at_t[g]
+            pred = class_names[r.prediction] if r.prediction < len(class_names) else str(r.prediction)
+            row.append(show_gradients(r.grad[None], signed)[0])
+            captions.append(f"-> {pred} ({r.confidence:.0%})")
+            table.append({"t": t, "guide": g, "prediction": pred, "confidence": round(r.confidence, 4),
+                          "log p(class)": round(r.log_prob, 4)})
+        cells.append(row)
+        row_labels.append(f"t={t}")
+        cell_labels.append(captions)
+    picture = labelled_grid(cells, ["x_t", *guides], row_labels, cell_labels)
+    return picture, pd.DataFrame(table)
+
+
+def attack_outputs(records: Sequence[AttackRecord], class_names: Sequence[str], target: int,
+                   signed: bool = True) -> tuple[np.ndarray, pd.DataFrame]:
+    """One picture (per guide: the start, the attacked image, what changed) and the table
+    of target probabilities before / after."""
+    if not records:
+        return labelled_grid([], [], []), pd.DataFrame()
+    name = class_names[target] if target < len(class_names) else str(target)
+    start = show(records[0].x_start[None])[0]
+    cells, row_labels, cell_labels, table = [], [], [], []
+    for r in records:
+        delta, l2, linf = perturbation(r.x_start, r.x_adv)
+        pred = class_names[r.prediction_after] if r.prediction_after < len(class_names) else str(r.prediction_after)
+        cells.append([start, show(r.x_adv[None])[0], show_gradients(delta[None], signed)[0]])
+        row_labels.append(r.guide)
+        cell_labels.append([f"p({name}) {r.target_prob_before:.2f}", f"p({name}) {r.target_prob_after:.2f} -> {pred}",
+                            f"L2 {l2:.2f}"])
+        table.append({"guide": r.guide, "target": name, "p(target) before": round(r.target_prob_before, 4),
+                      "p(target) after": round(r.target_prob_after, 4), "prediction after": pred,
+                      "steps": r.steps_used, "‖δ‖₂": round(l2, 3), "‖δ‖∞": round(linf, 3)})
+    picture = labelled_grid(cells, [f"start (t={records[0].t})", "attacked", "change (signed)"], row_labels,
+                            cell_labels)
+    return picture, pd.DataFrame(table)
+
+
+def thumbnails(images: torch.Tensor, labels: Sequence[int], class_names: Sequence[str]) -> list[Caption]:
+    """Gallery thumbnails of uint8 (N, C, H, W) images with their class as caption."""
+    if len(images) == 0:
+        return []
+    pics = show_uint8(images)
+    return [(pics[i], class_names[labels[i]] if labels[i] < len(class_names) else str(labels[i]))
+            for i in range(len(pics))]
+
+
+def describe_markdown(info: Mapping[str, Any]) -> str:
+    """``Bundle.describe()`` as a short Markdown summary."""
+    diffusion = info["diffusion"]
+    null = info.get("null_label")
+    modes = (f", null label {null} (unconditional mode available)" if null is not None
+             else ", no null label (no unconditional mode, no classifier-free guidance)")
+    lines = [f"**{info['name']}** from `{info['source']}` on **{info['device']}**",
+             f"- images {'x'.join(str(v) for v in info['image_shape'])}, {len(info['classes'])} classes{modes}",
+             f"- diffusion: {diffusion.get('steps')} steps, {diffusion.get('noise_schedule')} schedule; "
+             f"default respacing {info['default_respacing'] or 'none'}",
+             f"- denoiser: {info['denoiser_parameters']:,} parameters"]
+    for name, g in info["guides"].items():
+        time_input = "time-dependent" if g["time_dependent"] else "no time input"
+        note = f" — {g['description']}" if g.get("description") else ""
+        lines.append(f"- guide **{name}**: {g['parameters']:,} parameters, {time_input}, default scale "
+                     f"{g['default_scale']:g}, source {g['default_source']}{note}")
+    judge = info.get("judge_parameters")
+    lines.append(f"- judge: {judge:,} parameters" if judge else "- judge: none (no accuracy column)")
+    return "\n".join(lines)

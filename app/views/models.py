@@ -1,0 +1,122 @@
+"""Models: what is loaded, and loading other models (a bundle folder, or published
+guided-diffusion checkpoints by preset name and file path) with the engine's errors."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from engine.bundles import Bundle, BundleError, open_models
+from engine.presets import PRESET_SETS, PRESETS
+
+from .. import render
+from ..errors import message_of
+from ..state import LabState
+from . import View
+
+HELP = """Load models in one of three ways (the same as the command line):
+
+1. **Bundle folder**: a folder with `bundle.json` (e.g. `models/`).
+2. **Preset set** + files: e.g. set `imagenet128`, denoiser `/ckpt/128x128_diffusion.pt`, guides
+   `vanilla=/ckpt/128x128_classifier.pt` and `robust=/ckpt/robust_classifier_128.pt` (one per line).
+3. **Presets** + files: denoiser `gd-128-denoiser:/ckpt/128x128_diffusion.pt`, guides
+   `NAME=PRESET:PATH`, one per line.
+
+Nothing is downloaded: the files must be on the server. Checkpoints load with `weights_only=True`; a file that
+does not fit its preset is refused with the missing, unexpected and mis-shaped keys. Loading replaces the models
+for everyone using this server."""
+
+
+def preset_table() -> pd.DataFrame:
+    return pd.DataFrame([{"preset": p.name, "kind": p.kind, "file": p.file, "default scale": p.default_scale,
+                          "description": p.description} for p in PRESETS.values()])
+
+
+def preset_set_text() -> str:
+    return "\n".join(f"- `{name}`: {spec['description']} (guides: {', '.join(spec['guides'])})"
+                     for name, spec in PRESET_SETS.items())
+
+
+def loaded_markdown(state: LabState) -> str:
+    return render.describe_markdown(state.bundle.describe())
+
+
+def manifest_json(bundle: Bundle) -> dict[str, Any]:
+    """bundle.json as loaded (figures, training records), or a note for preset bundles."""
+    return bundle.manifest if bundle.manifest else {"note": "published checkpoints: no bundle.json",
+                                                    "source": bundle.source}
+
+
+def load(state: LabState, folder: str, preset_set: str, denoiser: str, guides_text: str, device: str,
+         precision: str, respacing: str) -> tuple[bool, str]:
+    """Open the named models and make them current; (ok, message)."""
+    if not state.allow_model_loading:
+        return False, "Loading models is disabled on this server (started with --lock-models)."
+    folder, denoiser = (folder or "").strip(), (denoiser or "").strip()
+    preset_set = (preset_set or "").strip()
+    guides = [line.strip() for line in (guides_text or "").splitlines() if line.strip()]
+    if not folder and not denoiser:
+        return False, "Give a bundle folder, or a denoiser (PRESET:PATH, or PATH with a preset set)."
+    if folder and (denoiser or guides or preset_set):
+        return False, "Give either a bundle folder or checkpoints (denoiser / guides / preset set), not both."
+    started = time.perf_counter()
+    try:
+        bundle = open_models(folder or None, denoiser=denoiser or None, guides=guides, preset_set=preset_set or None,
+                             device=device or "auto", precision=precision or "fp32",
+                             respacing=(respacing or "").strip() or None)
+    except (BundleError, KeyError, ValueError, OSError, RuntimeError) as exc:
+        return False, f"**Could not load the models:**\n\n```\n{message_of(exc)}\n```"
+    state.swap(bundle)
+    return True, f"Loaded **{bundle.name}** in {time.perf_counter() - started:.1f} s. The other tabs now use it."
+
+
+def build(state: LabState) -> View:
+    with gr.Tab("Models", id="models"):
+        loaded = gr.Markdown(loaded_markdown(state), elem_id="models-loaded")
+        with gr.Accordion("bundle.json (figures and training records)", open=False):
+            manifest = gr.JSON(manifest_json(state.bundle))
+        with gr.Accordion("Load other models", open=not state.bundle.guides):
+            gr.Markdown(HELP)
+            folder = gr.Textbox("", label="Bundle folder", placeholder="models/ or /path/to/bundle")
+            with gr.Row():
+                preset_set = gr.Dropdown(["", *PRESET_SETS], value="", label="Preset set",
+                                         info="optional: names the presets, so paths need no PRESET: prefix")
+                device = gr.Dropdown(["auto", "cpu", "cuda"], value=state.device if state.device in
+                                     ("auto", "cpu", "cuda") else "auto", label="Device", allow_custom_value=True)
+                precision = gr.Dropdown(["fp32", "fp16", "bf16"], value="fp32", label="Denoiser precision",
+                                        info="fp16 / bf16 on GPU only; classifier gradients stay fp32")
+            denoiser = gr.Textbox("", label="Denoiser", placeholder="gd-128-denoiser:/ckpt/128x128_diffusion.pt")
+            guides = gr.Textbox("", lines=3, label="Guides (one per line)",
+                                placeholder="vanilla=gd-128-classifier:/ckpt/128x128_classifier.pt")
+            respacing = gr.Textbox("", label="Default respacing", placeholder="e.g. 250 (optional)")
+            load_btn = gr.Button("Load", variant="primary", interactive=state.allow_model_loading)
+            status = gr.Markdown("" if state.allow_model_loading else
+                                 "Loading models is disabled on this server (--lock-models).", elem_id="models-status")
+            with gr.Accordion("Preset sets and presets", open=False):
+                gr.Markdown(preset_set_text())
+                gr.Dataframe(preset_table(), interactive=False)
+
+    def on_load(folder_value, set_value, denoiser_value, guides_value, device_value, precision_value,
+                respacing_value):
+        ok, message = load(state, folder_value, set_value, denoiser_value, guides_value, device_value,
+                           precision_value, respacing_value)
+        if not ok:
+            gr.Warning("Could not load the models; see the message below the Load button.")
+        return message
+
+    load_event = load_btn.click(on_load, [folder, preset_set, denoiser, guides, device, precision, respacing], status,
+                                api_name="load_models", concurrency_id="models", concurrency_limit=1)
+
+    def refresh() -> list[Any]:
+        return [loaded_markdown(state), manifest_json(state.bundle)]
+
+    return View([loaded, manifest], refresh, [load_event])
+
+
+def describe_json(state: LabState) -> str:
+    """What is loaded, as JSON (an API endpoint)."""
+    return json.dumps(state.bundle.describe(), indent=1)

@@ -1,0 +1,318 @@
+"""The lab's pieces without a server: input parsing, the column table, the engine
+reductions it shows (engine.lab_support), rendering, downloads, the command line and
+the survey mount's fallback."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from app import columns as cols
+from app import render
+from app.downloads import write_run_files
+from app.inputs import (COLUMN_HEADERS, LabInputError, check_image_budget, configs_from_rows, load_upload,
+                        parse_class, parse_int, parse_seeds, parse_steps, parse_timesteps, read_columns)
+from engine.guidance import unguided
+from engine.lab_support import column_stability, evenly_spaced, perturbation, record_every_for
+from engine.trace import TraceOptions
+
+
+def table(*rows):
+    return {"headers": COLUMN_HEADERS, "data": [list(r) for r in rows]}
+
+
+@pytest.fixture(scope="module")
+def traced_run(tiny_bundle):
+    """Three columns (unguided, vanilla on x_t, non-robust through x0 with Adam), 2 seeds, 3 steps."""
+    configs = [unguided(), tiny_bundle.default_config("vanilla"),
+               tiny_bundle.default_config("nonrobust", name="nr adam", stabiliser="adam", scale=0.5)]
+    return tiny_bundle.sample(configs, [3, 3], [0, 1], respacing="3",
+                              trace=TraceOptions(record_every=1, monitors=("vanilla", "robust")))
+
+
+# ------------------------------------------------------------------------------------ inputs
+@pytest.mark.parametrize("text, expected", [("0-3", [0, 1, 2, 3]), ("1, 5,9", [1, 5, 9]), ("2..4", [2, 3, 4]),
+                                            ("7", [7]), (7, [7]), ("1,1,2", [1, 2]), ("0-1 5", [0, 1, 5])])
+def test_seeds_accept_lists_and_ranges(text, expected):
+    assert parse_seeds(text, 16) == expected
+
+
+@pytest.mark.parametrize("text, message", [("a,b", "not an integer"), ("1.5", "not an integer"), ("", "give"),
+                                           ("-3", "outside"), ("5-2", "backwards"), ("0-99", "at most 16"),
+                                           (None, "give")])
+def test_bad_seeds_say_why(text, message):
+    with pytest.raises(LabInputError, match=message):
+        parse_seeds(text, 16)
+
+
+def test_numbers_and_timesteps():
+    assert parse_int("3.0", "steps", 1, 10) == 3
+    for bad in ("3.5", "x", None, float("nan"), 0, 11):
+        with pytest.raises(LabInputError):
+            parse_int(bad, "steps", 1, 10)
+    assert parse_timesteps("0, 100, 999", 1000, 8) == [0, 100, 999]
+    with pytest.raises(LabInputError, match="outside 0..999"):
+        parse_timesteps("1000", 1000, 8)
+
+
+def test_class_by_name_or_number_and_range(tiny_bundle):
+    assert parse_class(tiny_bundle, "3") == 3
+    assert parse_class(tiny_bundle, 7) == 7
+    assert parse_class(tiny_bundle, "3: three") == 3
+    with pytest.raises(LabInputError, match="out of range 0..9"):
+        parse_class(tiny_bundle, "12")
+    with pytest.raises(LabInputError):
+        parse_class(tiny_bundle, "cat")
+
+
+def test_steps_reject_absurd_counts_and_check_respacing(tiny_bundle):
+    assert parse_steps(tiny_bundle, 5, "", 1000) == "5"
+    assert parse_steps(tiny_bundle, 5, "ddim10", 1000) == "ddim10"
+    for bad in (0, 100000, -1, "many"):
+        with pytest.raises(LabInputError, match="steps"):
+            parse_steps(tiny_bundle, bad, "", 1000)
+    with pytest.raises(LabInputError, match="at most 50"):
+        parse_steps(tiny_bundle, 60, "", 50)
+    with pytest.raises(LabInputError, match="respacing"):
+        parse_steps(tiny_bundle, 5, "ddimx", 1000)
+
+
+def test_column_table_to_configs(tiny_bundle):
+    rows = read_columns(table([True, "v", "classifier", "vanilla", 1.5, "x_t", "none"],
+                              [True, "nr", "classifier", "nonrobust", 0.3, "x0", "ema"],
+                              ["yes", "free", "classifier-free", "", 2, "", ""],
+                              [False, "off", "unguided", "", 0, "", "none"]))
+    configs = configs_from_rows(tiny_bundle, rows, unconditional=True)
+    assert [c.name for c in configs] == ["v", "nr", "free"]
+    assert configs[1].gradient_source == "x0_through_denoiser" and configs[1].stabiliser == "ema"
+    assert configs[0].denoiser_mode == "unconditional" and configs[2].method == "cfg"
+    assert configs[2].denoiser_mode == "conditional"  # classifier-free needs both modes
+
+
+@pytest.mark.parametrize("row, message", [
+    ([True, "a", "classifier", "nosuch", 1, "x_t", "none"], "guide 'nosuch' is not loaded"),
+    ([True, "a", "classifier", "vanilla", 1, "x9", "none"], "source"),
+    ([True, "a", "classifier", "vanilla", 1, "x_t", "sgd"], "stabiliser"),
+    ([True, "a", "magic", "vanilla", 1, "x_t", "none"], "method"),
+    ([True, "a", "classifier", "vanilla", "big", "x_t", "none"], "scale"),
+    ([True, "", "classifier", "vanilla", 1, "x_t", "none"], "name"),
+    ([False, "a", "classifier", "vanilla", 1, "x_t", "none"], "no column is marked"),
+])
+def test_bad_column_rows_say_why(tiny_bundle, row, message):
+    with pytest.raises(LabInputError, match=message):
+        configs_from_rows(tiny_bundle, read_columns(table(row)), False)
+
+
+def test_duplicate_columns_and_image_budget(tiny_bundle):
+    rows = read_columns(table([True, "a", "unguided", "", 0, "", "none"], [True, "a", "unguided", "", 0, "", "none"]))
+    with pytest.raises(LabInputError, match="unique"):
+        configs_from_rows(tiny_bundle, rows, False)
+    with pytest.raises(LabInputError, match="at most 8"):
+        check_image_budget(list(range(5)), 2, 8)
+
+
+def test_upload_refuses_non_images_and_converts_sizes(tmp_path, tiny_bundle):
+    from PIL import Image
+
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(LabInputError, match="not a readable image"):
+        load_upload(text, tiny_bundle)
+    colour = tmp_path / "big.png"
+    Image.new("RGB", (90, 60), (255, 255, 255)).save(colour)
+    image, note = load_upload(colour, tiny_bundle)
+    assert image.shape == (1, 1, 28, 28) and "converted to 28x28 greyscale" in note
+    assert torch.allclose(image, torch.ones_like(image))
+    exact = tmp_path / "digit.png"
+    Image.new("L", (28, 28), 0).save(exact)
+    image, note = load_upload(exact, tiny_bundle)
+    assert float(image.max()) == -1.0 and "converted" not in note
+
+
+# ------------------------------------------------------------------------------------ columns
+def test_default_columns_cover_every_guide_and_gradcheck_variants(tiny_bundle):
+    names = [r[1] for r in cols.default_rows(tiny_bundle)]
+    assert names == ["unguided", "vanilla", "robust", "nonrobust", "nonrobust x_t", "nonrobust x0+adam",
+                     "nonrobust x0+ema", "classifier-free"]
+    configs = configs_from_rows(tiny_bundle, read_columns(cols.default_table(tiny_bundle)), False)
+    assert [c.name for c in configs] == ["vanilla", "robust", "nonrobust"]
+    paper = cols.preset_table(tiny_bundle, "paper")
+    assert list(paper[paper["run"]]["column"]) == ["vanilla", "robust"]
+    gradcheck = cols.preset_table(tiny_bundle, "gradcheck")
+    assert list(gradcheck[gradcheck["run"]]["column"]) == ["unguided", "vanilla", "robust", "nonrobust",
+                                                           "nonrobust x0+adam", "nonrobust x0+ema"]
+    choices, ticked = cols.stability_choices(tiny_bundle)
+    assert "classifier-free" in choices and "classifier-free" not in ticked and "nonrobust x_t" not in ticked
+
+
+def test_bundle_lab_section_supplies_columns(tiny_bundle, monkeypatch):
+    custom = [{"run": True, "column": "robust s=4", "method": "classifier", "guide": "robust", "scale": 4.0,
+               "source": "x_t", "stabiliser": "none"}]
+    monkeypatch.setitem(tiny_bundle.manifest, "lab", {"columns": custom})
+    assert cols.default_rows(tiny_bundle) == [[True, "robust s=4", "classifier", "robust", 4.0, "x_t", "none"]]
+    monkeypatch.setitem(tiny_bundle.manifest, "lab", {"columns": [{"run": True, "column": "x", "method": "bad"}]})
+    assert len(cols.default_rows(tiny_bundle)) == 8  # malformed: falls back to the generic rows
+
+
+# ------------------------------------------------------------------------------------ engine.lab_support
+def test_frame_helpers():
+    assert record_every_for(100, 8) == 15 and record_every_for(5, 8) == 1 and record_every_for(10, 1) == 10
+    assert evenly_spaced(10, 4) == [0, 3, 6, 9] and evenly_spaced(3, 8) == [0, 1, 2] and evenly_spaced(0, 3) == []
+    with pytest.raises(ValueError):
+        record_every_for(0, 3)
+
+
+def test_column_stability_matches_the_trace(traced_run, tiny_bundle):
+    rows = {r.column: r for r in column_stability(traced_run, tiny_bundle.judge)}
+    assert set(rows) == {"unguided", "vanilla", "nr adam"}
+    assert math.isnan(rows["unguided"].mean_cos) and math.isnan(rows["unguided"].mean_grad_norm)
+    cos = traced_run.traces["vanilla"].series("cos_raw")[1:]  # step 0 has no predecessor
+    assert rows["vanilla"].mean_cos == pytest.approx(float(cos.double().mean()), abs=1e-6)
+    assert rows["vanilla"].late_cos == pytest.approx(float(traced_run.traces["vanilla"].series("cos_raw")[1:].double()
+                                                           .mean()), abs=1e-6)
+    norms = traced_run.traces["vanilla"].series("grad_norm")
+    assert rows["vanilla"].mean_grad_norm == pytest.approx(float(norms.double().mean()), rel=1e-6)
+    from engine.metrics import class_accuracy
+
+    assert rows["vanilla"].judge_accuracy == class_accuracy(tiny_bundle.judge, traced_run.images["vanilla"], [3, 3])
+    assert rows["nr adam"].stabiliser == "adam" and rows["nr adam"].source == "x0_through_denoiser"
+    applied = {r.column: r for r in column_stability(traced_run, None, "applied")}
+    assert math.isnan(applied["vanilla"].judge_accuracy)
+    assert applied["nr adam"].mean_grad_norm != pytest.approx(rows["nr adam"].mean_grad_norm)
+    with pytest.raises(ValueError):
+        column_stability(traced_run, None, "other")
+
+
+def test_perturbation_norms():
+    a, b = torch.zeros(1, 2, 2), torch.tensor([[[3.0, 0.0], [0.0, -4.0]]])
+    delta, l2, linf = perturbation(a, b)
+    assert torch.equal(delta, b) and l2 == pytest.approx(5.0) and linf == pytest.approx(4.0)
+
+
+# ------------------------------------------------------------------------------------ render
+def test_pictures_and_figures(traced_run, tiny_bundle):
+    final = render.final_gallery(traced_run, {"vanilla": 0.5})
+    assert [f[0].shape for f in final] == [(112 + 2 * 2, 2 * 112 + 3 * 2, 3)] * 3  # padded row of 2 seeds
+    assert "judge accuracy 50%" in final[1][1] and "guide vanilla, x_t" in final[1][1]
+    stack = render.labelled_stack(final)
+    assert stack.dtype == np.uint8 and stack.shape[0] > 3 * 112 and stack.shape[2] == 3
+    film = render.filmstrip_gallery(traced_run, "pred_x0", frames=2)
+    assert len(film) == 3 and film[0][0].shape == (2 * 56 + 3 * 2, 2 * 56 + 3 * 2, 3)
+    grads = render.filmstrip_gallery(traced_run, "gradient", frames=3, signed=True, gradient="applied")
+    assert [g[1].split(":")[0] for g in grads] == ["vanilla", "nr adam"]  # unguided has no gradient
+    for figure in (render.log_prob_figure(traced_run), render.stability_figure(traced_run, "raw")):
+        assert figure.ndim == 3 and figure.shape[2] == 3 and figure.shape[1] > 400
+        assert len(np.unique(figure.reshape(-1, 3), axis=0)) > 10  # something was drawn
+    frame = render.stability_table(column_stability(traced_run, tiny_bundle.judge))
+    assert list(frame["column"]) == ["unguided", "vanilla", "nr adam"] and frame["mean cos"].isna()[0]
+
+
+def test_inspector_and_attack_pictures(tiny_bundle):
+    from engine.inspect import inspect_gradients, targeted_attack
+
+    image = torch.zeros(1, 1, 28, 28)
+    records = inspect_gradients(tiny_bundle, image, 3, [0, 500], ["vanilla", "nonrobust"])
+    picture, frame = render.inspector_outputs(records, tiny_bundle.class_names, signed=False)
+    assert picture.shape[0] > 2 * 112 and picture.shape[1] > 3 * 112
+    assert list(frame["guide"]) == ["vanilla", "nonrobust"] * 2 and list(frame["t"]) == [0, 0, 500, 500]
+    attacks = targeted_attack(tiny_bundle, image, 7, eps=2.0, steps=2, guides=["vanilla"])
+    picture, frame = render.attack_outputs(attacks, tiny_bundle.class_names, 7)
+    assert picture.shape[1] > 3 * 112 and frame.loc[0, "‖δ‖₂"] <= 2.0 + 1e-3
+
+
+def test_describe_markdown_names_every_guide(tiny_bundle):
+    text = render.describe_markdown(tiny_bundle.describe())
+    for name in ("vanilla", "robust", "nonrobust", "828,034", "null label 10"):
+        assert name in text
+
+
+# ------------------------------------------------------------------------------------ downloads
+def test_run_files_regenerate_the_run(traced_run, tmp_path):
+    paths = write_run_files(traced_run, tmp_path / "run", {"class_names": [str(i) for i in range(10)]})
+    names = sorted(p.rsplit("/", 1)[1] for p in paths)
+    assert "run_config.json" in names and "02-vanilla.npz" in names and "03-nr_adam.trace.pt" in names
+    config = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    assert config["seeds"] == [0, 1] and [c["name"] for c in config["configs"]] == ["unguided", "vanilla", "nr adam"]
+    with np.load(tmp_path / "run" / "02-vanilla.npz") as data:
+        assert data["arr_0"].shape == (2, 28, 28, 1) and list(data["arr_1"]) == [3, 3]
+    trace = torch.load(tmp_path / "run" / "02-vanilla.trace.pt", weights_only=True)
+    assert trace["cos_raw"].shape == (3, 2)
+
+
+# ------------------------------------------------------------------------------------ CLI and server pieces
+def test_help_documents_the_flags(capsys):
+    from app.__main__ import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--host", "--port", "--bundle", "--denoiser", "--guide", "--preset-set", "--device",
+                 "--survey-db", "--admin-password", "RCG_ADMIN_PASSWORD", "--concurrency", "--max-images"):
+        assert flag in text
+
+
+def test_no_models_message_says_how_to_point_at_a_bundle(tmp_path, monkeypatch):
+    import engine.bundles
+    from app.__main__ import main
+
+    monkeypatch.setattr(engine.bundles, "DEFAULT_BUNDLE_DIR", tmp_path / "models")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--port", "1"])
+    text = str(exit_info.value)
+    assert "No models to load" in text and "--bundle" in text and "--preset-set" in text
+    with pytest.raises(SystemExit, match="Cannot load the models"):
+        main(["--bundle", str(tmp_path / "nothing"), "--port", "1"])
+
+
+def test_survey_fallbacks(monkeypatch, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from app.server import SurveyOptions, survey_app
+
+    app, note = survey_app(SurveyOptions(enabled=False))
+    assert note.startswith("off")
+    assert TestClient(app).get("/anything").status_code == 503
+    monkeypatch.setitem(sys.modules, "survey.web", None)  # import fails as if the package were missing
+    app, note = survey_app(SurveyOptions(str(tmp_path / "s.db")))
+    response = TestClient(app).get("/")
+    assert response.status_code == 503 and "unavailable" in response.text and note.startswith("unavailable")
+
+
+def test_lab_password_guards_the_lab_but_not_the_survey(tiny_bundle, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from app.server import SurveyOptions, create_server
+    from app.state import LabState
+
+    state = LabState(tiny_bundle, run_dir=tmp_path / "runs")
+    app = create_server(state, survey=SurveyOptions(enabled=False), lab_password="hunter2")
+    with TestClient(app) as http:
+        assert http.get("/healthz").json()["models"] == "tiny-random"
+        assert http.get("/config").status_code == 401
+        assert http.get("/survey/").status_code == 503  # the survey answers for itself, no lab login
+        assert http.post("/login", data={"username": "x", "password": "wrong"}).status_code == 400
+        assert http.post("/login", data={"username": "x", "password": "hunter2"}).status_code == 200
+        assert http.get("/config").status_code == 200
+
+
+def test_a_bundle_without_guides_still_samples_and_says_what_is_missing(tiny_bundle, tmp_path):
+    import dataclasses
+
+    from app.state import LabState
+    from app.views.attack import attack
+    from app.views.inspector import inspect
+
+    bare = dataclasses.replace(tiny_bundle, guides={}, guide_info={})
+    configs = configs_from_rows(bare, read_columns(cols.default_table(bare)), False)
+    assert [c.name for c in configs] == ["unguided"]
+    state = LabState(bare, run_dir=tmp_path)
+    chosen = {"image": torch.zeros(1, 1, 28, 28), "label": None, "source": "test"}
+    with pytest.raises(LabInputError, match="no guide"):
+        inspect(state, chosen, "3", "0", [], 0, False)
+    with pytest.raises(LabInputError, match="no guide"):
+        attack(state, chosen, "3", "L2", 1.0, 2, 0, [])
