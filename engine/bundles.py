@@ -66,7 +66,7 @@ def read_weights(path: str | Path) -> dict[str, Any]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         text = str(exc)
-        if "Weights only load failed" in text or "Unsupported global" in text:
+        if "Unsupported global" in text or "Unsupported class" in text:
             raise BundleError(
                 f"{path} contains Python objects beyond tensors and plain values; it is refused because loading it "
                 "could run arbitrary code. Re-save its state_dict with torch.save(model.state_dict(), path)."
@@ -183,11 +183,12 @@ def load_published(preset: str, path: str | Path, flags: str | None = None) -> n
     """A published network: build it from its preset's flags (or explicit ``flags``) and
     load the checkpoint at ``path`` into it."""
     p = get_preset(preset)
+    weights = read_weights(path)  # fail fast on a bad path, before building a large network
     build = UNetModel if p.kind == "denoiser" else EncoderUNetModel
     kwargs = denoiser_kwargs(flags or p.flags) if p.kind == "denoiser" else classifier_kwargs(flags or p.flags)
     kwargs["use_fp16"] = False  # weights load in fp32; precision is chosen at run time
     net = build(**kwargs)
-    state = extract_state_dict(read_weights(path))
+    state = extract_state_dict(weights)
     load_into(net, {k: v.float() if v.is_floating_point() else v for k, v in state.items()},
               f"{path} (preset {preset})", p.kind)
     return net.eval()

@@ -302,5 +302,5 @@ def iterate_steps(start: int, total: int) -> Iterator[int]:
 
 
 def nan_guard(loss: torch.Tensor, step: int) -> None:
-    if not math.isfinite(float(loss)):
+    if not math.isfinite(float(loss.detach())):
         raise SystemExit(f"the loss became {float(loss)} at step {step}; lower --lr or use --amp none")
