@@ -9,7 +9,6 @@ import json
 import pytest
 import torch
 
-from conftest import ROOT
 from engine.bundles import DEFAULT_BUNDLE_DIR, load_bundle
 from engine.guidance import unguided
 from engine.trace import TraceOptions

@@ -85,11 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--eps and --attack-steps must be positive for adversarial training")
     if args.clean and args.attack != "none":
         print("note: --clean with an attack trains a robust classifier on clean images (t = 0)", file=sys.stderr)
-    info = common.setup_distributed(args.device)
-    try:
-        return train(args, info)
-    finally:
-        common.cleanup_distributed()
+    return common.run_main(args, train)
 
 
 def bucket_of(t: torch.Tensor, num_steps: int, buckets: int) -> torch.Tensor:
@@ -111,14 +107,8 @@ def train(args: argparse.Namespace, info: common.DistInfo) -> int:
     torch.manual_seed(args.seed)
     model = EncoderUNetModel(**kwargs).to(info.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    ckpt_path = args.out / "checkpoint.pt"
-    start, elapsed_before = 0, 0.0
-    if args.resume:
-        state = common.load_checkpoint(ckpt_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        common.set_rng_state(state["rng"])
-        start, elapsed_before = int(state["step"]), float(state.get("train_seconds", 0.0))
+    run = common.TrainingRun(args, info, model, optimizer, None)
+    start = run.start
     net = DistributedDataParallel(model) if info.distributed else model
     batch = common.per_rank_batch(args, info)
     log = common.JsonlLog(args.out / "log.jsonl", info.is_main)
@@ -126,12 +116,10 @@ def train(args: argparse.Namespace, info: common.DistInfo) -> int:
         log.write({"event": "start", "command": common.command_line(), "flags": flags,
                    "diffusion": diffusion_config.to_dict(), "world": info.world, "images": len(data),
                    "step_size": step_size, "parameters": sum(p.numel() for p in model.parameters())})
-    timer = common.Timer()
     bar = common.progress(args.steps, start, info.is_main and not args.no_progress,
                           "classifier" if args.attack == "none" else f"robust {args.attack}")
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
-    done = start
     for step in range(start, args.steps):
         idx = common.batch_indices(len(data), batch, step, args.seed, info)
         x0 = to_model_range(data.images[idx]).to(info.device)
@@ -191,20 +179,12 @@ def train(args: argparse.Namespace, info: common.DistInfo) -> int:
         done = step + 1
         if done % args.log_every == 0 or done == args.steps:
             metrics = common.reduce_means(sums, counts, info)
-            log.write({"step": done, "lr": lr, **metrics, "seconds": elapsed_before + timer.elapsed()})
+            log.write({"step": done, "lr": lr, **metrics, "seconds": run.seconds})
             sums, counts = {}, {}
-        stopping = common.should_stop_early(args, done)
-        if info.is_main and (done % args.save_every == 0 or done == args.steps or stopping):
-            common.save_checkpoint(ckpt_path, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": done,
-                "rng": common.rng_state(), "args": vars(args) | {"out": str(args.out)},
-                "train_seconds": elapsed_before + timer.elapsed()})
-        if stopping:
+        if run.after_step(done):
             break
     bar.close()
-    if common.should_stop_early(args, done):
-        if info.is_main:
-            print(f"stopped after step {done}; continue with --resume", file=sys.stderr)
+    if run.stopped_early():
         return 0
     if info.is_main:
         meta = {"diffusion": diffusion_config.to_dict(), "time_dependent": not args.clean,
@@ -214,7 +194,7 @@ def train(args: argparse.Namespace, info: common.DistInfo) -> int:
                 "attack": {"norm": args.attack, "eps": args.eps, "steps": args.attack_steps, "step_size": step_size,
                            "early_stop": not args.no_early_stop, "random_start": args.random_start}
                 if args.attack != "none" else None,
-                "train_seconds": round(elapsed_before + timer.elapsed(), 1)}
+                "train_seconds": round(run.seconds, 1)}
         save_model_file(args.out / "model.pt", model, kind="classifier", config=kwargs, meta=meta)
         print(f"wrote {args.out / 'model.pt'}", file=sys.stderr)
     return 0

@@ -304,3 +304,63 @@ def iterate_steps(start: int, total: int) -> Iterator[int]:
 def nan_guard(loss: torch.Tensor, step: int) -> None:
     if not math.isfinite(float(loss.detach())):
         raise SystemExit(f"the loss became {float(loss)} at step {step}; lower --lr or use --amp none")
+
+
+class TrainingRun:
+    """Checkpointing shared by the trainers: ``--resume`` restores model, EMA, optimiser,
+    step, RNG state and elapsed time; :meth:`after_step` saves every ``--save-every``
+    steps, at the end and at ``--stop-after`` (atomically, main rank only) and says
+    whether to stop."""
+
+    def __init__(self, args: argparse.Namespace, info: DistInfo, model: nn.Module,
+                 optimizer: torch.optim.Optimizer, ema: EMA | None = None):
+        self.args, self.info, self.model, self.optimizer, self.ema = args, info, model, optimizer, ema
+        self.path = args.out / "checkpoint.pt"
+        self.start, self.elapsed_before = 0, 0.0
+        if args.resume:
+            state = load_checkpoint(self.path)
+            model.load_state_dict(state["model"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
+            optimizer.load_state_dict(state["optimizer"])
+            set_rng_state(state["rng"])
+            self.start, self.elapsed_before = int(state["step"]), float(state.get("train_seconds", 0.0))
+            if self.start >= args.steps:
+                print(f"{self.path} is already at step {self.start} >= --steps {args.steps}", file=sys.stderr)
+        self.done = self.start
+        self.timer = Timer()
+
+    @property
+    def seconds(self) -> float:
+        """Training time so far, over all sessions of this run."""
+        return self.elapsed_before + self.timer.elapsed()
+
+    def after_step(self, done: int) -> bool:
+        """Save when due; True when ``--stop-after`` says to stop now."""
+        self.done = done
+        stopping = should_stop_early(self.args, done)
+        if self.info.is_main and (done % self.args.save_every == 0 or done == self.args.steps or stopping):
+            state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": done,
+                     "rng": rng_state(), "args": vars(self.args) | {"out": str(self.args.out)},
+                     "train_seconds": self.seconds}
+            if self.ema is not None:
+                state["ema"] = self.ema.state_dict()
+            save_checkpoint(self.path, state)
+        return stopping
+
+    def stopped_early(self) -> bool:
+        """True (after telling the user) when the run stopped at ``--stop-after``."""
+        if should_stop_early(self.args, self.done):
+            if self.info.is_main:
+                print(f"stopped after step {self.done}; continue with --resume", file=sys.stderr)
+            return True
+        return False
+
+
+def run_main(args: argparse.Namespace, train_fn) -> int:
+    """Join the process group (under torchrun), train, and always leave it."""
+    info = setup_distributed(args.device)
+    try:
+        return train_fn(args, info)
+    finally:
+        cleanup_distributed()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -76,11 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     common.check_common_args(args)
     if not 0.0 <= args.label_dropout < 1.0:
         raise SystemExit("--label-dropout must lie in [0, 1)")
-    info = common.setup_distributed(args.device)
-    try:
-        return train(args, info)
-    finally:
-        common.cleanup_distributed()
+    return common.run_main(args, train)
 
 
 def train(args: argparse.Namespace, info: common.DistInfo) -> int:
@@ -101,17 +96,8 @@ def train(args: argparse.Namespace, info: common.DistInfo) -> int:
     model = UNetModel(**kwargs).to(info.device)
     ema = common.EMA(model, args.ema_rate)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    ckpt_path = args.out / "checkpoint.pt"
-    start, elapsed_before = 0, 0.0
-    if args.resume:
-        state = common.load_checkpoint(ckpt_path)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        common.set_rng_state(state["rng"])
-        start, elapsed_before = int(state["step"]), float(state.get("train_seconds", 0.0))
-        if start >= args.steps:
-            print(f"{ckpt_path} is already at step {start} >= --steps {args.steps}; nothing to do", file=sys.stderr)
+    run = common.TrainingRun(args, info, model, optimizer, ema)
+    start = run.start
     ema.model.to(info.device)
     net = DistributedDataParallel(model) if info.distributed else model
     batch = common.per_rank_batch(args, info)
@@ -121,10 +107,8 @@ def train(args: argparse.Namespace, info: common.DistInfo) -> int:
         log.write({"event": "start", "command": common.command_line(), "flags": flags,
                    "diffusion": diffusion_config.to_dict(), "world": info.world, "images": len(data),
                    "parameters": sum(p.numel() for p in model.parameters())})
-    timer = common.Timer()
     bar = common.progress(args.steps, start, info.is_main and not args.no_progress, "denoiser")
     running: dict[str, float] = {}
-    done = start
     for step in range(start, args.steps):
         idx = common.batch_indices(len(images), batch, step, args.seed, info)
         x0 = to_model_range(images[idx]).to(info.device)
@@ -159,27 +143,19 @@ def train(args: argparse.Namespace, info: common.DistInfo) -> int:
         if done % args.log_every == 0 or done == args.steps:
             n = running.pop("n")
             metrics = common.all_reduce_mean({k: v / n for k, v in running.items()}, info)
-            log.write({"step": done, "lr": lr, **metrics, "seconds": elapsed_before + timer.elapsed()})
+            log.write({"step": done, "lr": lr, **metrics, "seconds": run.seconds})
             running = {}
-        stopping = common.should_stop_early(args, done)
-        if info.is_main and (done % args.save_every == 0 or done == args.steps or stopping):
-            common.save_checkpoint(ckpt_path, {
-                "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                "step": done, "rng": common.rng_state(), "args": vars(args) | {"out": str(args.out)},
-                "train_seconds": elapsed_before + timer.elapsed()})
-        if stopping:
+        if run.after_step(done):
             break
     bar.close()
-    if common.should_stop_early(args, done):
-        if info.is_main:
-            print(f"stopped after step {done}; continue with --resume", file=sys.stderr)
+    if run.stopped_early():
         return 0
     if info.is_main:
         meta = {"diffusion": diffusion_config.to_dict(), "null_label": null_label, "class_names": data.class_names,
                 "flags": flags, "command": common.command_line(), "seed": args.seed,
                 "split": split_description(args.data), "part": "train", "steps": args.steps,
                 "batch_size": args.batch_size, "world": info.world, "amp": args.amp,
-                "train_seconds": round(elapsed_before + timer.elapsed(), 1), "weights": "ema",
+                "train_seconds": round(run.seconds, 1), "weights": "ema",
                 "ema_rate": args.ema_rate, "default_respacing": args.default_respacing}
         save_model_file(args.out / "model.pt", ema.model, kind="denoiser", config=kwargs, meta=meta)
         print(f"wrote {args.out / 'model.pt'}", file=sys.stderr)

@@ -60,11 +60,7 @@ def accuracy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, b
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     common.check_common_args(args)
-    info = common.setup_distributed(args.device)
-    try:
-        return train(args, info)
-    finally:
-        common.cleanup_distributed()
+    return common.run_main(args, train)
 
 
 def train(args: argparse.Namespace, info: common.DistInfo) -> int:
@@ -77,24 +73,16 @@ def train(args: argparse.Namespace, info: common.DistInfo) -> int:
     model = JudgeNet(data.images.shape[1], data.num_classes, args.width, args.dropout,
                      data.images.shape[-1]).to(info.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    ckpt_path = args.out / "checkpoint.pt"
-    start, elapsed_before = 0, 0.0
-    if args.resume:
-        state = common.load_checkpoint(ckpt_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        common.set_rng_state(state["rng"])
-        start, elapsed_before = int(state["step"]), float(state.get("train_seconds", 0.0))
+    run = common.TrainingRun(args, info, model, optimizer, None)
+    start = run.start
     net = DistributedDataParallel(model) if info.distributed else model
     batch = common.per_rank_batch(args, info)
     log = common.JsonlLog(args.out / "log.jsonl", info.is_main)
     if info.is_main and start == 0:
         log.write({"event": "start", "command": common.command_line(), "images": len(data),
                    "parameters": sum(p.numel() for p in model.parameters())})
-    timer = common.Timer()
     bar = common.progress(args.steps, start, info.is_main and not args.no_progress, "judge")
     sums = {"loss": 0.0, "acc": 0.0, "n": 0}
-    done = start
     for step in range(start, args.steps):
         idx = common.batch_indices(len(data), batch, step, args.seed, info)
         g = common.step_generator(args.seed, step, info.rank)
@@ -120,20 +108,12 @@ def train(args: argparse.Namespace, info: common.DistInfo) -> int:
         if done % args.log_every == 0 or done == args.steps:
             n = sums.pop("n")
             log.write({"step": done, "lr": lr, **common.all_reduce_mean({k: v / n for k, v in sums.items()}, info),
-                       "seconds": elapsed_before + timer.elapsed()})
+                       "seconds": run.seconds})
             sums = {"loss": 0.0, "acc": 0.0, "n": 0}
-        stopping = common.should_stop_early(args, done)
-        if info.is_main and (done % args.save_every == 0 or done == args.steps or stopping):
-            common.save_checkpoint(ckpt_path, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": done,
-                "rng": common.rng_state(), "args": vars(args) | {"out": str(args.out)},
-                "train_seconds": elapsed_before + timer.elapsed()})
-        if stopping:
+        if run.after_step(done):
             break
     bar.close()
-    if common.should_stop_early(args, done):
-        if info.is_main:
-            print(f"stopped after step {done}; continue with --resume", file=sys.stderr)
+    if run.stopped_early():
         return 0
     if info.is_main:
         images, labels = heldout.tensors()
@@ -141,7 +121,7 @@ def train(args: argparse.Namespace, info: common.DistInfo) -> int:
         meta = {"class_names": data.class_names, "command": common.command_line(), "seed": args.seed,
                 "split": split_description(args.data), "part": "train", "steps": args.steps,
                 "batch_size": args.batch_size, "heldout_accuracy": held_acc,
-                "train_seconds": round(elapsed_before + timer.elapsed(), 1)}
+                "train_seconds": round(run.seconds, 1)}
         save_model_file(args.out / "model.pt", model, kind="judge", config=model.config(), meta=meta)
         log.write({"event": "done", "heldout_accuracy": held_acc})
         print(f"wrote {args.out / 'model.pt'} (held-out accuracy {held_acc:.4f})", file=sys.stderr)
