@@ -27,6 +27,7 @@ from typing import Iterator
 
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -90,14 +91,51 @@ def alembic_config(engine: Engine):  # noqa: ANN201 - alembic type imported lazi
     return config
 
 
-def migrate(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to ``revision`` (default: the newest) inside one transaction."""
+def migrate(engine: Engine, revision: str = "head", *, downgrade: bool = False) -> None:
+    """Bring the schema to ``revision`` (default: the newest; ``downgrade=True`` to go
+    back) inside one transaction: a failing migration changes nothing.
+
+    SQLite needs care here. Its driver (pysqlite) only opens a transaction before
+    INSERT / UPDATE / DELETE, so DDL would run outside it; the migration therefore runs
+    in an explicit ``BEGIN IMMEDIATE`` (which also keeps a running server from writing
+    half-way through). And a batch migration rebuilds a table by copying it and
+    dropping the old one: with foreign keys on, that DROP deletes every row first and
+    the ``ON DELETE CASCADE`` of ``votes`` would take the votes with it. Foreign keys
+    are therefore off during the migration and ``PRAGMA foreign_key_check`` must come
+    back empty before the commit."""
     from alembic import command
 
     config = alembic_config(engine)
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+    run = command.downgrade if downgrade else command.upgrade
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            run(config, revision)
+        return
+    with engine.connect() as connection:
+        raw = connection.connection.driver_connection
+        saved = raw.isolation_level
+        raw.isolation_level = None  # the driver opens no transactions on its own; we do
+        try:
+            raw.execute("PRAGMA foreign_keys = OFF")  # only possible outside a transaction
+            connection.begin()  # alembic sees an outer transaction and leaves commit / rollback to us
+            raw.execute("BEGIN IMMEDIATE")
+            try:
+                config.attributes["connection"] = connection
+                run(config, revision)
+                broken = raw.execute("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise SurveyDBError(f"migration to {revision} would leave {len(broken)} rows that break a foreign "
+                                        f"key (first: {tuple(broken[0])}); nothing was changed")
+            except BaseException:
+                if raw.in_transaction:
+                    raw.execute("ROLLBACK")
+                raise
+            raw.execute("COMMIT")
+        finally:
+            connection.rollback()  # SQLAlchemy's bookkeeping only; the database transaction is closed
+            raw.execute("PRAGMA foreign_keys = ON")
+            raw.isolation_level = saved
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -140,18 +178,37 @@ class SurveyDB:
         self.engine.dispose()
 
 
-def open_db(url: str | Path, *, upgrade: bool = True) -> SurveyDB:
+def open_db(url: str | Path, *, upgrade: bool = True, must_exist: bool = False) -> SurveyDB:
     """Open the survey database at ``url``; with ``upgrade`` (default) apply pending
-    migrations first, otherwise refuse a database that is not at the newest one."""
+    migrations first, otherwise refuse a database that is not at the newest one.
+
+    ``must_exist``: refuse (instead of creating) a SQLite file that does not exist and
+    any database without the survey schema, so that a mistyped ``--db`` of a command
+    that only reads (report, export, invite, serve, info) says so instead of creating a
+    new empty database or adding the survey tables to an unrelated one."""
+    url = normalise_url(url)
+    parsed = make_url(url)
+    if must_exist and parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        raise SurveyDBError(f"there is no survey database at {parsed.database}; create one with "
+                            f"`python -m survey init --db {parsed.database}` or `python -m survey create ...`")
     engine = make_engine(url)
-    if upgrade:
-        migrate(engine)
-    else:
+    try:
         current, head = current_revision(engine), head_revision()
+    except DatabaseError as exc:
+        engine.dispose()
+        raise SurveyDBError(f"cannot read {parsed.render_as_string(hide_password=True)} as a database: "
+                            f"{getattr(exc, 'orig', exc)}") from None
+    if must_exist and current is None:
+        engine.dispose()
+        raise SurveyDBError(f"{parsed.render_as_string(hide_password=True)} holds no survey database (no survey "
+                            "schema); check --db, or create one with `python -m survey init --db URL`")
+    if upgrade:
         if current != head:
-            engine.dispose()
-            raise SurveyDBError(f"database {url} is at schema {current or 'none'}, this code needs {head}; "
-                                "run `python -m survey init --db URL` to migrate it")
+            migrate(engine)
+    elif current != head:
+        engine.dispose()
+        raise SurveyDBError(f"database {parsed.render_as_string(hide_password=True)} is at schema {current or 'none'}, "
+                            f"this code needs {head}; run `python -m survey init --db URL` to migrate it")
     return SurveyDB(engine, sessionmaker(engine, expire_on_commit=False))
 
 

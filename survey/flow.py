@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -249,12 +249,25 @@ def state(db: SurveyDB, token: str) -> RaterState:
                     return RaterState("finished", answered, answered, rater.name)
                 impression = _open_impression(session, rater.id)
                 if impression is None:
+                    # Serialise this rater's requests before choosing: two reloads at once must not open two
+                    # showings. The no-op UPDATE takes the rater's row lock (PostgreSQL) or the write lock
+                    # (SQLite) until commit; then look again, since a concurrent request may have just finished.
+                    session.execute(update(Rater).where(Rater.id == rater.id)
+                                    .values(planned_total=Rater.planned_total))
+                    answered = session.scalar(select(func.count()).select_from(Vote)
+                                              .where(Vote.rater_id == rater.id)) or 0
+                    if answered >= rater.planned_total:
+                        return RaterState("finished", answered, answered, rater.name)
+                    impression = _open_impression(session, rater.id)
+                if impression is None:
                     pair_id = _choose_pair(session, study, rater)
                     if pair_id is None:
                         return RaterState("finished", answered, answered, rater.name)
-                    left, right = _sides(session, session.get(Pair, pair_id), rater.id)
+                    pair = session.get(Pair, pair_id)
+                    left, right = _sides(session, pair, rater.id)
                     impression = Impression(token=new_token(), rater_id=rater.id, pair_id=pair_id, left_image_id=left,
-                                            right_image_id=right, shown_at=utcnow())
+                                            right_image_id=right, pair_image_a_id=pair.image_a_id,
+                                            pair_image_b_id=pair.image_b_id, shown_at=utcnow())
                     session.add(impression)
                     session.flush()
                 return RaterState("pair", answered, rater.planned_total, rater.name,

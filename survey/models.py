@@ -9,6 +9,12 @@ enforces the rules a result depends on:
   pair is its own ``pairs`` row of kind ``repeat``, so its vote does not collide);
 - ``votes(impression_id, rater_id, pair_id)`` references the same triple of
   ``impressions``: a vote cannot claim a rater or pair other than the one shown;
+- ``impressions(pair_id, pair_image_a_id, pair_image_b_id)`` references
+  ``pairs(id, image_a_id, image_b_id)`` and a CHECK makes (left, right) either (a, b)
+  or (b, a): a showing can only put the pair's own two images on the two sides, so
+  the method a vote chose is always one of the pair's;
+- both images of a pair belong to the pair's study and carry the pair's class name
+  and seed (composite foreign keys into ``images``; a NULL seed is not compared);
 - ``CHECK(answer IN ('L','R','S'))``, ``CHECK(kind IN ('main','gold','repeat'))``;
 - foreign keys everywhere (SQLite needs ``PRAGMA foreign_keys=ON``; see :mod:`survey.db`).
 
@@ -90,6 +96,10 @@ class Study(Base):
 
 class Image(Base):
     __tablename__ = "images"
+    __table_args__ = (
+        UniqueConstraint("id", "study_id", "class_name"),  # targets of the pairs' composite keys
+        UniqueConstraint("id", "seed"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), nullable=False, index=True)
@@ -112,6 +122,13 @@ class Pair(Base):
         CheckConstraint("image_a_id <> image_b_id", name="distinct_images"),
         CheckConstraint("(kind = 'repeat') = (source_pair_id IS NOT NULL)", name="repeat_has_source"),
         CheckConstraint("(kind = 'gold') = (gold_image_id IS NOT NULL)", name="gold_has_answer"),
+        UniqueConstraint("id", "image_a_id", "image_b_id"),  # target of impressions' composite key
+        ForeignKeyConstraint(["image_a_id", "study_id", "class_name"],
+                             ["images.id", "images.study_id", "images.class_name"], name="fk_pairs_image_a_of_pair"),
+        ForeignKeyConstraint(["image_b_id", "study_id", "class_name"],
+                             ["images.id", "images.study_id", "images.class_name"], name="fk_pairs_image_b_of_pair"),
+        ForeignKeyConstraint(["image_a_id", "seed"], ["images.id", "images.seed"], name="fk_pairs_image_a_seed"),
+        ForeignKeyConstraint(["image_b_id", "seed"], ["images.id", "images.seed"], name="fk_pairs_image_b_seed"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -145,6 +162,10 @@ class Impression(Base):
         UniqueConstraint("rater_id", "pair_id"),
         UniqueConstraint("id", "rater_id", "pair_id"),
         CheckConstraint("left_image_id <> right_image_id", name="distinct_sides"),
+        CheckConstraint("(left_image_id = pair_image_a_id AND right_image_id = pair_image_b_id) OR "
+                        "(left_image_id = pair_image_b_id AND right_image_id = pair_image_a_id)", name="sides_of_pair"),
+        ForeignKeyConstraint(["pair_id", "pair_image_a_id", "pair_image_b_id"],
+                             ["pairs.id", "pairs.image_a_id", "pairs.image_b_id"], name="fk_impressions_pair_images"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -153,6 +174,8 @@ class Impression(Base):
     pair_id: Mapped[int] = mapped_column(ForeignKey("pairs.id"), nullable=False, index=True)
     left_image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), nullable=False)
     right_image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), nullable=False)
+    pair_image_a_id: Mapped[int] = mapped_column(Integer, nullable=False)  # copies of the pair's images (checked)
+    pair_image_b_id: Mapped[int] = mapped_column(Integer, nullable=False)
     shown_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
 
 

@@ -89,3 +89,33 @@ def test_postgres_schema_flow_integrity_and_report(pg_url, tmp_path):
         assert "Table 2" in report_markdown(report)
     finally:
         db.dispose()
+
+
+def test_postgres_migration_from_0001_keeps_votes_and_rolls_back_on_failure(pg_url):
+    from survey.db import current_revision, head_revision, make_engine, migrate
+    from test_survey_db import rows, seed_revision_0001
+
+    engine = make_engine(pg_url)
+    try:
+        migrate(engine, "0001")
+        seed_revision_0001(engine)
+        votes = rows(engine, "votes")
+        migrate(engine)
+        assert current_revision(engine) == head_revision() and rows(engine, "votes") == votes
+        assert rows(engine, "impressions", "pair_image_a_id, pair_image_b_id") == [(1, 2), (3, 4)]
+        for sql in ("UPDATE impressions SET left_image_id = 3 WHERE id = 1",      # a side that is not the pair's
+                    "UPDATE votes SET answer = 'X' WHERE id = 1",                  # an answer outside L / R / S
+                    "UPDATE votes SET pair_id = 2 WHERE id = 1",                   # a vote moved off its showing
+                    "UPDATE pairs SET image_b_id = 3 WHERE id = 1"):               # a pair of two classes
+            with pytest.raises(IntegrityError):
+                with engine.begin() as c:
+                    c.exec_driver_sql(sql)
+        assert rows(engine, "votes") == votes
+        migrate(engine, "0001", downgrade=True)
+        with engine.begin() as c:  # at 0001 nothing stops a showing of a foreign image; the upgrade must refuse it
+            c.exec_driver_sql("UPDATE impressions SET left_image_id = 3 WHERE id = 1")
+        with pytest.raises(IntegrityError):
+            migrate(engine)
+        assert current_revision(engine) == "0001" and rows(engine, "votes") == votes
+    finally:
+        engine.dispose()
