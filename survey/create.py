@@ -28,6 +28,7 @@ import hashlib
 import itertools
 import json
 import math
+import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ QUESTION = "Which image is more realistic, and more aligned to the description?"
 DEFAULT_PER_RATER = 40
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 GOLD_BROKEN, GOLD_WRONG_CLASS = "gold:broken", "gold:wrong-class"
+_shuffle = random.SystemRandom().shuffle
 
 
 class StudyError(ValueError):
@@ -360,7 +362,10 @@ def create_study(db: SurveyDB, media_dir: str | Path, name: str, units: Sequence
         session.flush()
         stored_units = []
         for unit in units:
-            rows = {m: _store(session, study, media_dir, unit[m], now) for m in methods}
+            # store a unit's images in random order: neither row ids nor file times follow the methods
+            order = list(methods)
+            _shuffle(order)
+            rows = {m: _store(session, study, media_dir, unit[m], now) for m in order}
             stored_units.append((unit, rows))
         session.flush()
         mains = []

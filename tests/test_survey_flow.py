@@ -42,9 +42,10 @@ def study(tmp_path):
 
 
 def snapshot(db) -> dict:
-    with db.session() as s:
-        return {t.__tablename__: s.scalar(select(func.count()).select_from(t)) for t in (Rater, Impression, Vote, Pair,
-                                                                                          Image)}
+    """Every row of every table (not only counts: a refused request must not change a row either)."""
+    with db.engine.connect() as c:
+        tables = [t for (t,) in c.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {t: sorted(map(tuple, c.exec_driver_sql(f'SELECT * FROM "{t}"')), key=repr) for t in tables}
 
 
 def current_pair(client, token):
@@ -168,6 +169,10 @@ def test_bad_votes_are_refused_and_change_nothing(study):
         assert r.status_code == status, (body[:40], r.status_code, r.text[:200])
     r = client.post(f"/survey/r/{'Z' * 32}/vote", data={"impression": imp_ann, "answer": "L"})
     assert r.status_code == 404 and "link is not valid" in r.text
+    r = client.post(f"/survey/r/{bob.invite_token}/vote", data={"impression": imp_ann, "answer": "L"})
+    assert r.status_code == 403 and "another rater" in r.text  # Bob cannot answer Ann's showing
+    r = client.post(f"/survey/r/{'Z' * 32}/consent")
+    assert r.status_code == 404 and "link is not valid" in r.text
     assert snapshot(db) == before
     # the real vote works once; its replay is refused and nothing changes
     assert client.post(url, data={"impression": imp_ann, "answer": "L"}, follow_redirects=False).status_code == 303
@@ -251,3 +256,106 @@ def test_small_quota_still_gets_its_repeat(tmp_path):
         flow.record_vote(db, token, state.showing.token, "L")
     assert sorted(kinds) == ["main", "main", "repeat"] and kinds[-1] == "repeat"
     db.dispose()
+
+
+def links_of(html: str) -> list[str]:
+    return re.findall(r'(?:href|src|action)\s*=\s*"([^"]*)"', html, flags=re.I)
+
+
+def test_rater_pages_show_only_the_survey(study):
+    """Every page a rater can reach links only to their own survey steps: no lab, no
+    results, no method names, no file names, nothing loaded from elsewhere."""
+    db, study_id, client = study
+    token = flow.invite(db, study_id)[0].invite_token
+    with db.session() as s:
+        file_names = list(s.scalars(select(Image.file_name)))
+        methods = set(s.scalars(select(Image.method)))
+    pages = [client.get("/survey/"), client.get(f"/survey/r/{token}")]
+    client.post(f"/survey/r/{token}/consent")
+    seen = set()
+    while True:
+        page, impression = current_pair(client, token)
+        pages.append(page)
+        if impression is None:
+            break
+        seen.add(impression)
+        assert links_of(page.text) == [f"{token}/vote", f"../img/{impression}/left", f"../img/{impression}/right"]
+        client.post(f"/survey/r/{token}/vote", data={"impression": impression, "answer": "S"})
+    assert len(seen) == 10 and "Thank you" in pages[-1].text
+    pages.append(client.post(f"/survey/r/{token}/vote", data={"impression": impression or "x" * 32, "answer": "L"}))
+    assert links_of(pages[1].text) == [f"{token}/consent"]
+    for page in pages:
+        text = page.text.lower()
+        assert page.headers["cache-control"] == "no-store" and page.headers["referrer-policy"] == "no-referrer"
+        assert all(link in (f"{token}/consent", f"{token}/vote", f"../{token}") or link.startswith("../img/")
+                   for link in links_of(page.text)), links_of(page.text)
+        for word in ("results", "/lab", "gradio", "http://", "https://", "votes.csv", *methods, *file_names):
+            assert word.lower() not in text, (word, page.url)
+        assert "fetch(" not in text and "xmlhttprequest" not in text
+
+
+def test_image_responses_do_not_reveal_the_method(study, tmp_path):
+    """The image of a side is the stored file byte for byte, and its response carries
+    nothing that differs by method: no file name, no file time (Last-Modified / ETag
+    would give away which image was written first), the same headers on both sides."""
+    import hashlib
+    import os
+
+    db, study_id, client = study
+    media = tmp_path / "media"
+    with db.session() as s:
+        images = {im.id: im for im in s.scalars(select(Image))}
+    for im in images.values():  # make the file times differ by method, as a slow generator would
+        stamp = 1_600_000_000 if im.method == "vanilla" else 1_700_000_000
+        os.utime(media / im.file_name, (stamp, stamp))
+    token = flow.invite(db, study_id)[0].invite_token
+    client.post(f"/survey/r/{token}/consent")
+    _, impression = current_pair(client, token)
+    with db.session() as s:
+        shown = s.scalar(select(Impression).where(Impression.token == impression))
+    headers = {}
+    for side, image_id in (("left", shown.left_image_id), ("right", shown.right_image_id)):
+        r = client.get(f"/survey/img/{impression}/{side}")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        assert hashlib.sha256(r.content).hexdigest() == images[image_id].sha256
+        assert not {"etag", "last-modified", "content-disposition"} & set(r.headers)
+        blob = " ".join(f"{k}: {v}" for k, v in r.headers.items()).lower()
+        assert images[image_id].file_name not in blob and images[image_id].method not in blob
+        headers[side] = {k: v for k, v in r.headers.items() if k != "content-length"}
+    assert headers["left"] == headers["right"]
+    # conditional requests do not confirm anything either
+    r = client.get(f"/survey/img/{impression}/left", headers={"if-modified-since": "Thu, 01 Jan 1970 00:00:00 GMT"})
+    assert r.status_code == 200 and "last-modified" not in r.headers
+    # a file changed on disk after the study was created is not served as if it were the stored image
+    left = images[shown.left_image_id]
+    (media / left.file_name).write_bytes(b"\x89PNG tampered")
+    r = client.get(f"/survey/img/{impression}/left")
+    assert r.status_code == 500 and "sha256" in r.text
+
+
+def test_admin_password_compared_in_constant_time_and_never_in_urls(study, monkeypatch):
+    import base64
+    import hmac
+
+    from survey import web
+
+    db, study_id, client = study
+    calls = []
+
+    def recording_compare(a, b):
+        calls.append((a, b))
+        return hmac.compare_digest(a, b)
+
+    monkeypatch.setattr(web.secrets, "compare_digest", recording_compare)
+    assert client.get("/survey/results", auth=("admin", "correct horsf")).status_code == 401
+    assert calls == [(b"correct horsf", PASSWORD.encode())]
+    page = client.get("/survey/results", auth=("admin", PASSWORD))
+    assert page.status_code == 200 and len(calls) == 2
+    # the password is never accepted from the URL, and no page puts it in one
+    for url in (f"/survey/results?password={PASSWORD}", f"/survey/results?admin_password={PASSWORD}",
+                f"/survey/results.json?pw={PASSWORD}"):
+        assert client.get(url).status_code == 401
+    assert PASSWORD not in page.text and base64.b64encode(PASSWORD.encode()).decode() not in page.text
+    for bad in ("Basic !!!", "Basic " + base64.b64encode(b"\xff\xfe:x").decode(), "Bearer " + PASSWORD,
+                "Basic " + base64.b64encode(PASSWORD.encode()).decode()):  # no ':' -> empty password
+        assert client.get("/survey/results", headers={"authorization": bad}).status_code == 401, bad

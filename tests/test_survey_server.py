@@ -17,7 +17,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 from sqlalchemy import func, select
 
 from survey import flow
@@ -38,14 +37,15 @@ def free_port() -> int:
 class Server:
     """`python -m survey serve` in its own process group; kill() is SIGKILL, no goodbye."""
 
-    def __init__(self, db_path: Path, media: Path):
+    def __init__(self, db_path: Path, media: Path, extra: tuple[str, ...] = (), env: dict | None = None):
         self.port = free_port()
-        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
-        self.log = open(db_path.parent / f"server-{self.port}.log", "w")
+        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.log_path = db_path.parent / f"server-{self.port}.log"
+        self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "survey", "serve", "--db", str(db_path), "--media", str(media), "--host",
-             "127.0.0.1", "--port", str(self.port)], cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+             "127.0.0.1", "--port", str(self.port), *extra], cwd=ROOT, env=env, stdout=self.log,
+            stderr=subprocess.STDOUT, start_new_session=True)
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -125,7 +125,12 @@ def test_many_raters_at_once_lose_nothing_and_never_double_count(tmp_path):
                 rater.start()
                 barrier.wait(30)
                 with ThreadPoolExecutor(2) as twin:
-                    while (impression := rater.current()) is not None:
+                    while True:
+                        # the page loaded twice at once (two tabs, a reload): both show the same one pair
+                        first, second = twin.map(lambda _: rater.current(), range(2))
+                        assert first == second, (first, second)
+                        if (impression := first) is None:
+                            break
                         answer = "LRS"[int(rater.rng.integers(3))]
                         # the same vote sent twice at once (double click, retry): exactly one may count
                         codes = sorted(twin.map(lambda _: rater.vote(impression, answer), range(2)))
@@ -149,6 +154,11 @@ def test_many_raters_at_once_lose_nothing_and_never_double_count(tmp_path):
         assert replay.status_code == 409
         with db.session() as s:
             assert s.scalar(select(func.count()).select_from(Vote)) == len(acknowledged)
+            # every showing was answered: concurrent reloads opened no second showing
+            assert s.scalar(select(func.count()).select_from(Impression)) == len(acknowledged)
+            per_pair = s.execute(select(Vote.rater_id, Vote.pair_id, func.count()).group_by(Vote.rater_id,
+                                                                                           Vote.pair_id)).all()
+            assert {n for *_, n in per_pair} == {1}
     finally:
         server.kill()
         db.dispose()
@@ -203,8 +213,15 @@ def test_killed_server_keeps_every_acknowledged_vote(tmp_path):
 def test_serve_refuses_oversized_and_malformed_requests_over_http(tmp_path):
     db, study_id = make_study(tmp_path, units=4, per_rater=2)
     token = flow.invite(db, study_id)[0].invite_token
-    server = Server(tmp_path / "s.db", tmp_path / "media")
+    password = "pw-" + "q7Zr" * 6
+    # access log on (info): it must still hold neither the password nor the Authorization header
+    server = Server(tmp_path / "s.db", tmp_path / "media", ("--log-level", "info"),
+                    env={"SURVEY_ADMIN_PASSWORD": password})
     try:
+        admin = httpx.Client(base_url=server.url, timeout=30)
+        assert admin.get("/results.json").status_code == 401
+        assert admin.get("/results.json", auth=("admin", "wrong")).status_code == 401
+        assert admin.get("/results.json", auth=("admin", password)).status_code == 200
         rater = Rater(server.url, token, 0)
         rater.start()
         impression = rater.current()
@@ -226,3 +243,9 @@ def test_serve_refuses_oversized_and_malformed_requests_over_http(tmp_path):
     finally:
         server.kill()
         db.dispose()
+    log = server.log_path.read_text()
+    assert "GET /results.json" in log  # the access log really was on
+    import base64
+    assert password not in log and base64.b64encode(
+        f"admin:{password}".encode()).decode() not in log
+    assert "warning" not in log.lower()  # the password came from the environment: no command-line warning
