@@ -37,6 +37,61 @@ from .quality import DEFAULT_FAST_MS, ExclusionRules
 ADMIN_ENV = "SURVEY_ADMIN_PASSWORD"
 
 
+EXAMPLES = {
+    "init": """\
+  python -m survey init --db survey.db
+  python -m survey init --db postgresql+psycopg://me@dbhost/survey""",
+    "create": """\
+  python -m survey create --db survey.db --name mnist-v-r --from-bundle \\
+      --methods vanilla:0.5 robust:1.0 --pairs 200 --per-rater 40 \\
+      --gold-rate 0.1 --repeat-rate 0.1 --seed 0 --exclude-gold-below 0.75
+  python -m survey create --db survey.db --name three --from-bundle \\
+      --methods vanilla:0.5 robust:1.0 strong=robust:2 --pairs 100
+  python -m survey create --db survey.db --name imagenet --from-npz vanilla.npz robust.npz \\
+      --names vanilla robust --class-names imagenet_classes.txt --pairs 200
+  python -m survey create --db survey.db --name folders --from-folders out/vanilla out/robust""",
+    "invite": """\
+  python -m survey invite --db survey.db --count 30 --base-url http://HOST:8000
+  python -m survey invite --db survey.db --name "Ann" --name "Bob" --base-url http://HOST:7860/survey""",
+    "serve": """\
+  SURVEY_ADMIN_PASSWORD='long secret' python -m survey serve --db survey.db --host 0.0.0.0 --port 8000
+  python -m survey serve --db survey.db          # raters only; the results view stays off
+(give the password through SURVEY_ADMIN_PASSWORD: a --admin-password on the command
+line can be read by other users of the machine, e.g. with ps)""",
+    "report": """\
+  python -m survey report --db survey.db
+  python -m survey report --db survey.db --json --out report.json
+  python -m survey report --db survey.db --denominator all --thresholds 50,60,70,80
+  python -m survey report --votes votes.csv --order robust,vanilla --exclude-gold-below 0.75""",
+    "export": """\
+  python -m survey export --db survey.db --out votes.csv
+  python -m survey export --db survey.db --study mnist-v-r > votes.csv""",
+    "power": """\
+  python -m survey power --paper
+  python -m survey power --effect 0.56 --tie-rate 0.27 --answers-per-pair 25
+  python -m survey power --effect 0.6 --power 0.9 --answers-per-pair 20 --icc 0.05 --json""",
+    "info": """\
+  python -m survey info --db survey.db""",
+}
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written; an option's default shown when it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        none = default is None or default is False or default is argparse.SUPPRESS or default in ([], "")
+        if action.option_strings and "%(default)" not in text and "(default" not in text and not none:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _command(sub, name: str, help_text: str) -> argparse.ArgumentParser:  # noqa: ANN001 - argparse subparsers
+    return sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
+                          epilog="examples:\n" + EXAMPLES[name], formatter_class=_HelpFormatter)
+
+
 def default_media(db: str) -> Path:
     """``<db stem>_media`` next to a SQLite file; other databases need --media."""
     from sqlalchemy.engine import make_url
@@ -86,11 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("init", help="create or migrate the database schema")
+    p = _command(sub, "init", "create or migrate the database schema")
     _add_db(p)
 
-    p = sub.add_parser("create", help="create a study (from the bundle, two .npz files or two folders)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _command(sub, "create", "create a study (from the bundle, two .npz files or two folders)")
     _add_db(p, media=True)
     p.add_argument("--name", required=True, help="study name (unique in the database)")
     src = p.add_mutually_exclusive_group(required=True)
@@ -111,14 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat-rate", type=float, default=0.0, help="repeated (sides flipped) items per main item")
     p.add_argument("--seed", type=int, default=0, help="draws classes, seeds, subsets and gold pairs")
     p.add_argument("--respacing", default=None, help="sampling steps, e.g. 250 (bundle default otherwise)")
-    p.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim"])
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim"], help="sampler of the bundle")
+    p.add_argument("--batch-size", type=int, default=16, help="images generated at once")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--fast-ms", type=float, default=DEFAULT_FAST_MS, help="median latency below which a rater is "
                                                                           "flagged as fast")
     _add_exclusions(p, "declared now, applied by every report of this study")
 
-    p = sub.add_parser("invite", help="create rater links")
+    p = _command(sub, "invite", "create rater links")
     _add_db(p)
     p.add_argument("--study", help="study name or id (default: the newest)")
     who = p.add_mutually_exclusive_group()
@@ -127,15 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-url", default="http://127.0.0.1:8000",
                    help="where raters reach the survey, e.g. http://host:7860/survey when mounted in the lab")
 
-    p = sub.add_parser("serve", help="run the survey web server alone (uvicorn)")
+    p = _command(sub, "serve", "run the survey web server alone (uvicorn)")
     _add_db(p, media=True)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--admin-password", default=None,
-                   help=f"enables /results (or set {ADMIN_ENV}; the environment keeps it out of `ps`)")
-    p.add_argument("--log-level", default="warning")
+                   help=f"enables /results; prefer the environment variable {ADMIN_ENV} (a command-line "
+                        "password is visible to other users in `ps`)")
+    p.add_argument("--log-level", default="warning", help="uvicorn log level (debug, info, warning, error)")
 
-    p = sub.add_parser("report", help="analyse the votes (Markdown, or --json)")
+    p = _command(sub, "report", "analyse the votes (Markdown, or --json)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--db", help="study database")
     src.add_argument("--votes", type=Path, help="votes CSV (format: survey/votes.py, README)")
@@ -144,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--denominator", choices=["decisive", "all"], default="decisive",
                    help="Table 2 share of a pair: of its decisive answers (the paper) or of all its answers")
     p.add_argument("--thresholds", default="50,60,70,80", help="Table 2 thresholds in percent")
-    p.add_argument("--confidence", type=float, default=0.95)
+    p.add_argument("--confidence", type=float, default=0.95, help="confidence level of every interval")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates (0 = skip)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--order", help="method order, first = the paper's 'robust', e.g. robust,vanilla")
@@ -153,23 +208,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="write to this file instead of standard output")
     _add_exclusions(p, "given here replace the study's declared rules; say so in the paper")
 
-    p = sub.add_parser("export", help="raw votes as CSV")
+    p = _command(sub, "export", "write the raw votes as CSV (format: README, survey/votes.py)")
     _add_db(p)
     p.add_argument("--study", help="study name or id (default: the newest)")
     p.add_argument("--out", type=Path, help="CSV file (default: standard output)")
 
-    p = sub.add_parser("power", help="sample size for the sign test")
+    p = _command(sub, "power", "sample size for the sign test (power analysis)")
     eff = p.add_mutually_exclusive_group(required=True)
     eff.add_argument("--effect", type=float, help="expected first-method share of decisive answers, e.g. 0.555")
     eff.add_argument("--paper", action="store_true", help="the paper's effect, tie rate and answers per pair")
-    p.add_argument("--alpha", type=float, default=0.05)
-    p.add_argument("--power", type=float, default=0.8)
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level (two-sided)")
+    p.add_argument("--power", type=float, default=0.8, help="required power")
     p.add_argument("--tie-rate", type=float, default=0.0, help="expected share of Same answers")
-    p.add_argument("--answers-per-pair", type=float, default=None)
+    p.add_argument("--answers-per-pair", type=float, default=None,
+                   help="expected answers per pair (prints the pairs needed)")
     p.add_argument("--icc", type=float, default=0.0, help="intra-pair correlation (design effect)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="JSON instead of text")
 
-    p = sub.add_parser("info", help="studies in a database and their counts")
+    p = _command(sub, "info", "list the studies in a database and their counts")
     _add_db(p)
     return parser
 
@@ -237,7 +293,7 @@ def cmd_invite(args: argparse.Namespace) -> int:
     from .db import open_db
     from .flow import invite, invite_links
 
-    db = open_db(args.db)
+    db = open_db(args.db, must_exist=True)
     study = find_study(db, args.study)
     raters = invite(db, study.id, args.count, args.rater_names)
     for rater, link in zip(raters, invite_links(raters, args.base_url)):
@@ -248,10 +304,16 @@ def cmd_invite(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .web import serve
 
+    if args.admin_password:
+        print(f"warning: a password given with --admin-password can be read by other users of this machine (ps); "
+              f"set {ADMIN_ENV} instead", file=sys.stderr, flush=True)
     password = args.admin_password or os.environ.get(ADMIN_ENV) or None
     media = args.media or default_media(args.db)
+    from .db import open_db
+
+    open_db(args.db, must_exist=True).dispose()  # a mistyped --db fails here, not as an empty survey
     print(f"survey on http://{args.host}:{args.port}/ (results view "
-          f"{'on at /results' if password else 'off: no --admin-password'})", file=sys.stderr, flush=True)
+          f"{'on at /results' if password else f'off: set {ADMIN_ENV} to enable it'})", file=sys.stderr, flush=True)
     serve(args.db, media, args.host, args.port, password, args.log_level)
     return 0
 
@@ -274,7 +336,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         from .db import open_db
         from .votes import votes_from_db
 
-        db = open_db(args.db)
+        db = open_db(args.db, must_exist=True)
         study = find_study(db, args.study)
         with db.session() as session:
             votes = votes_from_db(session, study.id)
@@ -309,7 +371,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .db import open_db
     from .votes import votes_from_db, write_votes_csv
 
-    db = open_db(args.db)
+    db = open_db(args.db, must_exist=True)
     study = find_study(db, args.study)
     with db.session() as session:
         votes = votes_from_db(session, study.id)
@@ -348,7 +410,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .db import open_db
     from .models import Study
 
-    db = open_db(args.db)
+    db = open_db(args.db, must_exist=True)
     with db.session() as session:
         studies = session.scalars(select(Study).order_by(Study.id)).all()
     if not studies:

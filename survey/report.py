@@ -206,7 +206,7 @@ def report_markdown(report: dict[str, Any]) -> str:
             f"- Position bias (main pairs, decisive answers): Left {pb['left']}, Right {pb['right']}, Same "
             f"{pb['same']}; Left share {_pct(pb['left_share'])} ({level} CI {_pct(pb['ci_low'])} - "
             f"{_pct(pb['ci_high'])}), exact binomial p = {_p(pb['p_value'])}.",
-            f"- Krippendorff's alpha (nominal; unit = pair, value = chosen method or same): "
+            "- Krippendorff's alpha (nominal; unit = pair, value = chosen method or same): "
             + ("n/a" if q["krippendorff_alpha_nominal"] is None else f"{q['krippendorff_alpha_nominal']:.3f}") + ".",
             f"- Gold pairs: {q['gold']['raters_with_gold']} raters answered gold pairs; mean accuracy "
             f"{_pct(q['gold']['mean_accuracy'])}.",

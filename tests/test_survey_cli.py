@@ -4,8 +4,6 @@ report (database and CSV give the same figures), export, power, info, and clear 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,6 @@ from survey.cli import main
 from survey.create import find_study
 from survey.db import open_db
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(*argv: str) -> int:
@@ -50,12 +47,14 @@ def vote_everything(db_path: Path, study: str, raters: int) -> None:
     db.dispose()
 
 
-def test_help_lists_commands_and_examples():
-    out = subprocess.run([sys.executable, "-m", "survey", "--help"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60)
-    assert out.returncode == 0
+def test_help_lists_commands_and_examples(capsys):
+    # (`python -m survey` itself runs as a subprocess in tests/test_survey_server.py)
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
     for word in ("init", "create", "invite", "serve", "report", "export", "power", "--from-bundle", "examples:"):
-        assert word in out.stdout
+        assert word in out
 
 
 def test_bundle_study_report_and_export(tmp_path, tiny_bundle_dir, capsys):
@@ -87,6 +86,11 @@ def test_bundle_study_report_and_export(tmp_path, tiny_bundle_dir, capsys):
     assert from_csv["quality"]["position_bias"] == from_db["quality"]["position_bias"]
     assert from_csv["exclusions"]["excluded"] == from_db["exclusions"]["excluded"]
     assert from_csv["exclusions"]["source"] == "command line"
+    import csv as csv_module
+    exported = list(csv_module.DictReader(csv.open(encoding="utf-8")))
+    for row in exported:  # times are written as UTC, with the offset spelled out
+        assert row["shown_at"].endswith("+00:00") and row["answered_at"].endswith("+00:00")
+        assert row["shown_at"] <= row["answered_at"]
     header = csv.read_text().splitlines()[0].split(",")
     for column in ("pair_id", "rater_id", "left_method", "right_method", "answer", "pair_kind", "latency_ms",
                    "gold_correct_method", "source_pair_id", "shown_at", "answered_at"):
@@ -116,6 +120,22 @@ def test_npz_study_and_errors(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert run("invite", "--db", db, "--study", "nope") == 2
     assert "no study 'nope'" in capsys.readouterr().err
+    # commands that only read never create a database where --db points by mistake
+    for command in (["report", "--db"], ["export", "--db"], ["invite", "--db"], ["info", "--db"]):
+        assert run(*command, tmp_path / "typo.db") == 2
+        assert "no survey database at" in capsys.readouterr().err
+    assert not (tmp_path / "typo.db").exists()
+    (tmp_path / "notes.txt").write_text("not a database\n" * 100)
+    assert run("report", "--db", tmp_path / "notes.txt") == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "not a database\n" * 100
+    import sqlite3
+    with sqlite3.connect(tmp_path / "other.db") as other:  # somebody else's SQLite database
+        other.execute("CREATE TABLE things (x)")
+    assert run("export", "--db", tmp_path / "other.db") == 2
+    assert "holds no survey database" in capsys.readouterr().err
+    with sqlite3.connect(tmp_path / "other.db") as other:
+        assert [t for (t,) in other.execute("SELECT name FROM sqlite_master")] == ["things"]
 
 
 def test_power_command(capsys):
@@ -126,3 +146,43 @@ def test_power_command(capsys):
     plan = json.loads(capsys.readouterr().out)
     assert plan["decisive_answers"] > 150 and plan["achieved_power"] >= 0.8
     assert run("power", "--effect", "0.5") == 2
+
+
+COMMANDS = ("init", "create", "invite", "serve", "report", "export", "power", "info")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_help_has_examples(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    examples = text.split("examples:\n", 1)
+    assert len(examples) == 2, text
+    assert f"python -m survey {command} " in examples[1]
+    import argparse
+
+    from survey.cli import build_parser
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    undocumented = [a.option_strings for a in sub.choices[command]._actions if a.option_strings and not a.help]
+    assert undocumented == []
+
+
+def test_serve_warns_about_a_command_line_password_and_never_prints_it(tmp_path, monkeypatch, capsys):
+    import survey.web
+
+    started = {}
+    monkeypatch.setattr(survey.web, "serve", lambda *args, **kw: started.setdefault("args", args))
+    monkeypatch.delenv("SURVEY_ADMIN_PASSWORD", raising=False)
+    assert run("serve", "--db", tmp_path / "s.db") == 2  # a mistyped --db is not served as an empty survey
+    assert "no survey database at" in capsys.readouterr().err and not (tmp_path / "s.db").exists()
+    assert run("init", "--db", tmp_path / "s.db") == 0
+    assert run("serve", "--db", tmp_path / "s.db", "--admin-password", "s3cret-pw") == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "SURVEY_ADMIN_PASSWORD" in err and "s3cret-pw" not in err
+    assert started.pop("args")[4] == "s3cret-pw"
+    monkeypatch.setenv("SURVEY_ADMIN_PASSWORD", "from-env-pw")
+    assert run("serve", "--db", tmp_path / "s.db") == 0
+    out = capsys.readouterr()
+    assert "warning" not in out.err and "from-env-pw" not in out.err + out.out and "results view on" in out.err
+    assert started["args"][4] == "from-env-pw"
