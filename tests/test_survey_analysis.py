@@ -8,7 +8,6 @@ rest "same".
 
 from __future__ import annotations
 
-import io
 import math
 import random
 from collections import Counter, defaultdict
@@ -25,7 +24,7 @@ from survey.power import critical_value, required_sample_size, sign_test_power
 from survey.quality import ExclusionRules, apply_exclusions, rater_table
 from survey.ranking import RankingError, bradley_terry, pairwise_win_rates, win_matrix
 from survey.report import ReportOptions, build_report, report_markdown
-from survey.votes import VotesError, normalise_votes, read_votes_csv, votes_from_records, write_votes_csv
+from survey.votes import VotesError, read_votes_csv, votes_from_records, write_votes_csv
 
 N_ANSWERS, N_PAIRS = 5018, 200
 N_ROBUST = round(0.404 * N_ANSWERS)   # 2027
@@ -131,9 +130,13 @@ def test_answer_shares_and_simultaneous_intervals(votes):
 
 
 def exact_two_sided_half(k: int, n: int) -> float:
-    lower = sum(math.comb(n, i) for i in range(0, k + 1)) / 2 ** n
-    upper = sum(math.comb(n, i) for i in range(k, n + 1)) / 2 ** n
-    return min(1.0, 2 * min(lower, upper))
+    """Two-sided exact binomial p-value at p = 1/2 in integer arithmetic: the binomial
+    coefficients by the recurrence C(n, i + 1) = C(n, i) (n - i) / (i + 1)."""
+    coefficients = [1]
+    for i in range(n):
+        coefficients.append(coefficients[-1] * (n - i) // (i + 1))
+    lower, upper = sum(coefficients[:k + 1]), sum(coefficients[k:])
+    return float(min(Fraction(1), 2 * Fraction(min(lower, upper), 2 ** n)))
 
 
 def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
@@ -326,8 +329,9 @@ def test_power_matches_brute_force():
     p1, alpha = 0.7, 0.05
 
     def brute_power(n: int) -> float:
-        reject = [k for k in range(n + 1) if stats.binomtest(k, n, 0.5).pvalue <= alpha]
-        return sum(stats.binom.pmf(k, n, p1) for k in reject)
+        """Sum of P(k | n, p1) over every k the exact test rejects (p-value by enumeration)."""
+        reject = [k for k in range(n + 1) if exact_two_sided_half(k, n) <= alpha]
+        return sum(math.comb(n, k) * p1 ** k * (1 - p1) ** (n - k) for k in reject)
 
     for n in (5, 10, 23, 40, 61):
         assert float(sign_test_power(n, p1, alpha)) == pytest.approx(brute_power(n), abs=1e-12)
@@ -390,3 +394,145 @@ def test_three_methods_win_rates_from_votes():
     report = build_report(votes, ReportOptions(bootstrap=0))
     assert report["ranking"]["bradley_terry"]["ranking"][0][0] == "a"
     assert len(report["comparisons"]) == 3
+
+
+# --------------------------------------------------------------------------- the whole report, independently
+def wilson_bonferroni(count: int, total: int, k: int = 3, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval with z = z_{1 - alpha / (2k)} (algebraically Goodman 1965)."""
+    z = stats.norm.ppf(1 - (1 - confidence) / (2 * k))
+    p = count / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z / (1 + z * z / total) * math.sqrt(p * (1 - p) / total + z * z / (4 * total ** 2))
+    return centre - half, centre + half
+
+
+def test_every_figure_of_the_report_on_the_synthetic_csv(records, tmp_path, capsys):
+    """The paper-shaped set written as a CSV with the csv module, analysed by
+    `python -m survey report --votes`, and every figure of the JSON report recomputed
+    here from the records alone."""
+    import csv
+    import json
+
+    from survey.cli import main
+
+    path = tmp_path / "votes.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, ["pair_id", "rater_id", "left_method", "right_method", "answer", "latency_ms"])
+        writer.writeheader()
+        writer.writerows(records)
+    counts = per_pair(records)
+    raters = {r["rater_id"] for r in records}
+    answers = Counter(choice_of(r) for r in records)
+    sizes = [sum(c.values()) for c in counts.values()]
+    for denominator in ("decisive", "all"):
+        assert main(["report", "--votes", str(path), "--json", "--bootstrap", "300", "--seed", "5",
+                     "--denominator", denominator]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["data"] == {"answers": 5018, "main_answers": 5018, "gold_answers": 0, "repeat_answers": 0,
+                                  "main_pairs": 200, "raters": len(raters), "methods": ["robust", "vanilla"]}
+        assert report["exclusions"]["excluded"] == {} and report["exclusions"]["answers_after"] == 5018
+        (c,) = report["comparisons"]
+        assert (c["first"], c["second"]) == ("robust", "vanilla")
+        app = c["answers_per_pair"]
+        assert (app["pairs"], app["min"], app["max"], app["total"]) == (200, min(sizes), max(sizes), 5018)
+        assert app["mean"] == pytest.approx(25.09) and (app["min"], app["max"]) == (19, 36)
+        # Table 2: strictly more than the threshold, share of the pair's decisive (or all) answers
+        assert c["table2"]["denominator"] == denominator
+        for row, t in zip(c["table2"]["rows"], (50, 60, 70, 80)):
+            robust = vanilla = 0
+            for pc in counts.values():
+                den = pc["robust"] + pc["vanilla"] + (pc["same"] if denominator == "all" else 0)
+                robust += den > 0 and 100 * pc["robust"] > t * den
+                vanilla += den > 0 and 100 * pc["vanilla"] > t * den
+            assert (row["threshold"], row["n_first"], row["n_second"], row["n_neither"], row["pairs"]) == \
+                (t, robust, vanilla, 200 - robust - vanilla, 200)
+            assert (row["first"], row["second"], row["neither"]) == pytest.approx(
+                (robust / 200, vanilla / 200, (200 - robust - vanilla) / 200))
+        # answer shares: 40.4 % / 32.4 % / 27.2 % with simultaneous intervals
+        shares = {s["category"]: s for s in c["shares"]["rows"]}
+        for name, paper in (("robust", 40.4), ("vanilla", 32.4), ("same", 27.2)):
+            assert shares[name]["count"] == answers[name]
+            assert round(100 * shares[name]["share"], 1) == paper
+            assert (shares[name]["low"], shares[name]["high"]) == pytest.approx(
+                wilson_bonferroni(answers[name], 5018), rel=1e-9)
+        # sign tests: ties excluded, ties split, one vote per pair
+        same = answers["same"]
+        robust_pairs = sum(pc["robust"] > pc["vanilla"] for pc in counts.values())
+        vanilla_pairs = sum(pc["vanilla"] > pc["robust"] for pc in counts.values())
+        expected = [(answers["robust"], answers["robust"] + answers["vanilla"]),
+                    (answers["robust"] + same // 2, answers["robust"] + answers["vanilla"] + 2 * (same // 2)),
+                    (robust_pairs, robust_pairs + vanilla_pairs)]
+        for test, (k, n) in zip(c["sign_tests"], expected):
+            assert (test["successes"], test["trials"]) == (k, n)
+            assert test["p_value"] == pytest.approx(exact_two_sided_half(k, n), rel=1e-6, abs=1e-300)
+            assert (test["ci_low"], test["ci_high"]) == pytest.approx(clopper_pearson(k, n), rel=1e-9)
+        assert c["sign_tests"][0]["p_value"] < 0.05  # the paper: significant at the 95 % level
+        # bootstrap: point estimates are the plain ratios, intervals around them, seed recorded
+        for b in c["bootstrap"]:
+            point = (answers["robust"] / (answers["robust"] + answers["vanilla"])
+                     if b["statistic"] == "first share of decisive answers"
+                     else (answers["robust"] - answers["vanilla"]) / 5018)
+            assert b["estimate"] == pytest.approx(point) and b["low"] < point < b["high"]
+            assert (b["seed"], b["replicates"]) == (5, 300)
+        robust_left = sum(r["left_method"] == "robust" for r in records)
+        assert c["side_balance"] == {"first_left": robust_left, "first_right": 5018 - robust_left}
+        # quality
+        q = report["quality"]
+        left, right = (sum(r["answer"] == a for r in records) for a in "LR")
+        assert (q["position_bias"]["left"], q["position_bias"]["right"], q["position_bias"]["same"]) == \
+            (left, right, same)
+        assert q["position_bias"]["p_value"] == pytest.approx(exact_two_sided_half(left, left + right), rel=1e-6)
+        assert q["krippendorff_alpha_nominal"] == pytest.approx(
+            alpha_by_pairs([[choice_of(r) for r in records if r["pair_id"] == p] for p in counts]), rel=1e-9)
+        assert q["flags"]["one_sided"] == [] and q["flags"]["fast"] == []  # latencies 1.5-9 s, answers shuffled
+        assert len(q["raters"]) == len(raters)
+        for row in q["raters"]:
+            mine = [r for r in records if r["rater_id"] == row["rater_id"]]
+            assert row["answers"] == len(mine)
+            assert row["share_L"] == pytest.approx(sum(r["answer"] == "L" for r in mine) / len(mine))
+            assert row["median_latency_ms"] == pytest.approx(float(np.median([r["latency_ms"] for r in mine])))
+    # the Markdown prints the same Table 2 (decisive) with its denominator
+    assert main(["report", "--votes", str(path), "--bootstrap", "0"]) == 0
+    text = capsys.readouterr().out
+    assert "users who selected a side" in text
+    for t in (50, 60, 70, 80):
+        robust = sum(100 * pc["robust"] > t * (pc["robust"] + pc["vanilla"]) for pc in counts.values())
+        assert f"| {t} % | {100 * robust / 200:.1f} % ({robust}) |" in text
+
+
+def cluster_se(records, cluster: str) -> float:
+    """Delta-method (linearisation) standard error of R = sum a / sum d with clusters:
+    sqrt(G / (G - 1) * sum_g (a_g - R d_g)^2) / D."""
+    a, d = Counter(), Counter()
+    for r in records:
+        choice = choice_of(r)
+        a[r[cluster]] += choice == "robust"
+        d[r[cluster]] += choice != "same"
+    ratio = sum(a.values()) / sum(d.values())
+    g = len(d)
+    return math.sqrt(g / (g - 1) * sum((a[k] - ratio * d[k]) ** 2 for k in d)) / sum(d.values())
+
+
+def test_bootstrap_matches_the_delta_method(records):
+    """One-way cluster bootstrap percentile intervals have the width of the
+    cluster-robust (linearised) interval, 2 * 1.96 * SE, up to Monte Carlo error."""
+    votes = votes_from_records(records)
+    boot = A.cluster_bootstrap(votes, "robust", "vanilla", replicates=1500, seed=2, modes=("pairs", "raters"))
+    for b in boot:
+        if b.statistic != "first share of decisive answers":
+            continue
+        expected = 2 * stats.norm.ppf(0.975) * cluster_se(records, "pair_id" if b.resampled == "pairs" else "rater_id")
+        assert (b.high - b.low) == pytest.approx(expected, rel=0.12), b.resampled
+    # unanimous pairs: the pair is the unit, the pairs bootstrap widens exactly as the delta method says
+    rng = random.Random(4)
+    clustered = []
+    for p in range(120):
+        winner = "robust" if rng.random() < 0.55 else "vanilla"
+        for i in range(rng.randint(10, 25)):
+            left, right = ("robust", "vanilla") if rng.random() < 0.5 else ("vanilla", "robust")
+            clustered.append({"pair_id": f"p{p}", "rater_id": f"r{i}", "left_method": left, "right_method": right,
+                              "answer": "S" if rng.random() < 0.2 else ("L" if winner == left else "R")})
+    (b,) = A.cluster_bootstrap(votes_from_records(clustered), "robust", "vanilla", replicates=1500, seed=2,
+                               modes=("pairs",))[:1]
+    expected = 2 * stats.norm.ppf(0.975) * cluster_se(clustered, "pair_id")
+    assert (b.high - b.low) == pytest.approx(expected, rel=0.12)
