@@ -42,8 +42,13 @@ from .media import MediaError, media_path
 from .models import Study
 
 MAX_BODY_BYTES = 8 * 1024
+# The pages load nothing from elsewhere (inline style and script, images from this app) and
+# may not be framed by another site (clickjacking a rater's answer buttons).
+CONTENT_SECURITY_POLICY = ("default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+                           "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 SECURITY_HEADERS = {"Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff",
-                    "Cache-Control": "no-store"}
+                    "Cache-Control": "no-store", "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+                    "X-Frame-Options": "DENY"}
 IMAGE_HEADERS = {"Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff",
                  "Cache-Control": "private, max-age=3600"}
 

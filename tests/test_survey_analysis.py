@@ -343,11 +343,37 @@ def test_power_matches_brute_force():
     assert critical_value(10, 0.05) == 1  # 2 * P(X <= 1 | 10) = 0.0215; P(X <= 2) doubled = 0.109
 
 
+def exact_power(n: int, p1: float, alpha: float = 0.05) -> float:
+    """Power of the exact two-sided sign test by enumeration: the rejection region from
+    integer sums of binomial coefficients, its probability under p1 term by term."""
+    coefficients = [1]
+    for i in range(n):
+        coefficients.append(coefficients[-1] * (n - i) // (i + 1))
+    tail, c = 0, -1
+    for k in range(n // 2 + 1):  # largest c with 2 P(X <= c | 1/2) <= alpha
+        tail += coefficients[k]
+        if Fraction(2 * tail, 2 ** n) > alpha:
+            break
+        c = k
+    log_p, log_q = math.log(p1), math.log(1 - p1)
+    terms = [math.exp(math.log(coefficients[k]) + k * log_p + (n - k) * log_q)
+             for k in [*range(c + 1), *range(n - c, n + 1)]] if c >= 0 else []
+    return math.fsum(terms)
+
+
 def test_power_for_the_papers_effect():
-    plan = required_sample_size(0.404 / 0.728, 0.05, 0.8, tie_rate=0.272, answers_per_pair=25.09)
-    assert 600 < plan.decisive_answers < 700  # normal approximation: about 640
-    assert plan.total_answers == math.ceil(plan.decisive_answers / (1 - 0.272))
+    p1 = 0.404 / 0.728  # the paper's robust share of decisive answers
+    plan = required_sample_size(p1, 0.05, 0.8, tie_rate=0.272, answers_per_pair=25.09)
+    n = plan.decisive_answers
+    assert exact_power(n, p1) >= 0.8 > exact_power(n - 1, p1)
+    assert all(exact_power(m, p1) >= 0.8 for m in range(n, n + 30, 3))
+    assert plan.achieved_power == pytest.approx(exact_power(n, p1), rel=1e-9)
+    z = stats.norm.ppf(0.975) / 2 + stats.norm.ppf(0.8) * math.sqrt(p1 * (1 - p1))
+    assert plan.decisive_answers_normal_approx == math.ceil((z / (p1 - 0.5)) ** 2)
+    assert plan.total_answers == math.ceil(n / (1 - 0.272))
     assert plan.pairs == math.ceil(plan.total_answers / 25.09)
+    # the paper's survey (5,018 answers, 3,653 decisive) had far more than enough power for this effect
+    assert exact_power(3653, p1) > 0.99
 
 
 def bt_loglik(theta, wins):

@@ -97,6 +97,14 @@ def test_rater_votes_through_the_survey_in_a_real_browser(served):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
         try:
             page = browser.new_page(viewport={"width": 900, "height": 760})
+            # console errors (e.g. an inline script blocked by the Content-Security-Policy), page errors, and
+            # failed responses (the browser's own /favicon.ico probe at the site root aside)
+            problems: list[str] = []
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" and
+                    "Failed to load resource" not in m.text else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 and
+                    not r.url.endswith("/favicon.ico") else None)
             page.goto(f"{base}/survey/r/{token}")
             assert "Which image is more realistic, and more aligned to the description?" in page.content()
             page.get_by_role("button", name="I agree, start").click()
@@ -120,6 +128,7 @@ def test_rater_votes_through_the_survey_in_a_real_browser(served):
             # resuming the link later shows the finish page again, nothing more to answer
             page.goto(f"{base}/survey/r/{token}")
             assert page.query_selector("#finished") is not None
+            assert problems == []
         finally:
             browser.close()
     with db.session() as s:

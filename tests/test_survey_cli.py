@@ -144,8 +144,10 @@ def test_power_command(capsys):
     assert "decisive answers needed" in out and "pairs at 25.09 answers per pair" in out
     assert run("power", "--effect", "0.6", "--json") == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["decisive_answers"] > 150 and plan["achieved_power"] >= 0.8
+    from survey.power import required_sample_size
+    assert plan == required_sample_size(0.6).to_dict() and plan["achieved_power"] >= 0.8
     assert run("power", "--effect", "0.5") == 2
+    assert "differ from 0.5" in capsys.readouterr().err
 
 
 COMMANDS = ("init", "create", "invite", "serve", "report", "export", "power", "info")

@@ -287,6 +287,7 @@ def test_rater_pages_show_only_the_survey(study):
     for page in pages:
         text = page.text.lower()
         assert page.headers["cache-control"] == "no-store" and page.headers["referrer-policy"] == "no-referrer"
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
         assert all(link in (f"{token}/consent", f"{token}/vote", f"../{token}") or link.startswith("../img/")
                    for link in links_of(page.text)), links_of(page.text)
         for word in ("results", "/lab", "gradio", "http://", "https://", "votes.csv", *methods, *file_names):
