@@ -9,3 +9,8 @@ runs), ``inputs`` (parsing user input), ``columns`` (the column table), ``render
 ``errors`` (messages instead of stack traces), ``screenshots`` (README pictures).
 The app holds no math: every computation is a call into ``engine``.
 """
+
+import os as _os
+
+# No telemetry, whatever the environment says: set before any module here imports gradio.
+_os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"

@@ -6,7 +6,7 @@ Examples::
     python -m app --bundle /path/to/bundle --port 8000
     python -m app --preset-set imagenet128 --denoiser /ckpt/128x128_diffusion.pt \\
         --guide vanilla=/ckpt/128x128_classifier.pt --guide robust=/ckpt/robust_classifier_128.pt --precision fp16
-    RCG_ADMIN_PASSWORD=... python -m app --host 0.0.0.0 --survey-db survey.db
+    RCG_ADMIN_PASSWORD=... RCG_LAB_PASSWORD=... python -m app --host 0.0.0.0 --survey-db survey.db
 """
 
 from __future__ import annotations
@@ -17,27 +17,40 @@ import os
 import sys
 from typing import Sequence
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # also set by app/__init__.py; never phone home
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ADMIN_ENV = ("RCG_ADMIN_PASSWORD", "SURVEY_ADMIN_PASSWORD")
 LAB_PASSWORD_ENV = "RCG_LAB_PASSWORD"
+LOOPBACK_HOSTS = ("localhost", "::1")
+EPILOG = f"""\
+Pages: the lab at /, the survey's rater pages at /survey/r/<invite>, its results at
+/survey/results (HTTP Basic, the admin password; off without one), /healthz.
+Raters never see the lab: on a non-loopback --host with the survey on, the lab needs
+--lab-password / {LAB_PASSWORD_ENV} (or an explicit --public-lab).
+Privacy: GRADIO_ANALYTICS_ENABLED=False is forced, no share link is ever made, nothing
+is downloaded; checkpoints load with torch.load(weights_only=True).
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     from engine.cli_options import add_model_args
 
-    p = argparse.ArgumentParser(prog="python -m app", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m app", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     s = p.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all; default 127.0.0.1)")
     s.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    s.add_argument("--concurrency", type=int, default=1,
-                   help="sampling / attack jobs that run at once; more wait in the queue (default 1; raise on a GPU)")
+    s.add_argument("--concurrency", type=int, default=2,
+                   help="sampling / attack jobs that run at once, so one long run does not hold up everyone; more "
+                        "wait in the queue. The inspector and display controls have their own slots (default 2)")
     s.add_argument("--queue-size", type=int, default=32, help="jobs that may wait in the queue (default 32)")
     s.add_argument("--lab-password", default=None,
                    help=f"password for the lab pages (any user name); or set {LAB_PASSWORD_ENV}. Keeps survey raters "
-                        "out of the lab")
+                        "out of the lab; required with the survey on a non-loopback --host unless --public-lab")
+    s.add_argument("--public-lab", action="store_true",
+                   help="serve the lab without a password on a non-loopback --host even with the survey on "
+                        "(anyone who can reach the server, raters included, can then open the lab)")
     s.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
     add_model_args(p)
     m = p.add_argument_group("device and limits")
@@ -87,11 +100,28 @@ def open_bundle(args: argparse.Namespace):
                          "--preset-set)") from None
 
 
+def is_loopback(host: str) -> bool:
+    """True for hosts only this machine can reach (127.x, ::1, localhost)."""
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def check_lab_exposure(host: str, survey_on: bool, lab_password: str | None, public_lab: bool) -> None:
+    """Refuse to show the lab to survey raters: a non-loopback host with the survey on
+    needs a lab password, or ``--public-lab`` to say it is meant."""
+    if survey_on and not lab_password and not public_lab and not is_loopback(host):
+        raise SystemExit(
+            f"Refusing to serve the lab without a password on --host {host} while the survey is on: survey raters "
+            f"could open the lab at /. Set a lab password (--lab-password or {LAB_PASSWORD_ENV}), or pass "
+            "--no-survey, or --public-lab if everyone who reaches this server may use the lab.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for name in ("concurrency", "queue_size", "max_images", "max_steps", "keep_runs"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
+    lab_password = args.lab_password or os.environ.get(LAB_PASSWORD_ENV) or None
+    check_lab_exposure(args.host, not args.no_survey, lab_password, args.public_lab)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("app").setLevel(logging.INFO)
     import torch
@@ -108,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      device=args.device)
     app = create_server(state, concurrency=args.concurrency, queue_size=args.queue_size,
                         survey=SurveyOptions(args.survey_db, args.survey_media, admin, not args.no_survey),
-                        lab_password=args.lab_password or os.environ.get(LAB_PASSWORD_ENV))
+                        lab_password=lab_password)
     print(f"Lab: http://{args.host}:{args.port}/  (models: {bundle.name} on {bundle.device}; "
           f"survey: {app.state.survey_note})", flush=True)
     try:

@@ -41,6 +41,9 @@ def user_errors(fn: F) -> F:
         except SamplingCancelled as exc:
             raise gr.Error(f"Stopped: {exc}.", title="Stopped", print_exception=False) from None
         except EXPECTED as exc:
+            if not isinstance(exc, LabInputError):  # from the engine: keep a note for whoever runs the server
+                log.warning("%s refused: %s: %s", getattr(fn, "__name__", "handler"), exc.__class__.__name__,
+                            message_of(exc))
             raise gr.Error(message_of(exc), title="Cannot do that", print_exception=False) from None
         except MemoryError:
             raise gr.Error("Out of memory: use fewer images, steps or columns.", print_exception=False) from None

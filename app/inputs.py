@@ -20,6 +20,7 @@ from engine.bundles import Bundle
 from engine.guidance import STABILISERS, GuidanceConfig
 
 MAX_SEED = 2**63 - 1
+MAX_UPLOAD_PIXELS = 40_000_000  # bigger uploads are refused before they are decoded
 # The column table of the side-by-side and stability views.
 COLUMN_HEADERS = ["run", "column", "method", "guide", "scale", "source", "stabiliser"]
 METHOD_ALIASES = {"classifier": "classifier", "guided": "classifier", "unguided": "unguided", "none": "unguided",
@@ -291,6 +292,10 @@ def load_upload(path: str | Path | None, bundle: Bundle) -> tuple[torch.Tensor, 
     channels, height, width = bundle.image_shape
     try:
         with Image.open(path) as img:
+            if img.size[0] * img.size[1] > MAX_UPLOAD_PIXELS:
+                raise LabInputError(f"{path.name} is {img.size[0]}x{img.size[1]} pixels; upload an image of at most "
+                                    f"{MAX_UPLOAD_PIXELS // 10**6} megapixels (it is resized to "
+                                    f"{width}x{height} anyway)")
             img.load()
             original = f"{img.size[0]}x{img.size[1]} {img.mode}"
             img = img.convert("L" if channels == 1 else "RGB")
@@ -302,7 +307,7 @@ def load_upload(path: str | Path | None, bundle: Bundle) -> tuple[torch.Tensor, 
                 arr = np.asarray(img)
     except LabInputError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         raise LabInputError(f"{path.name} is not a readable image ({exc.__class__.__name__}); upload a PNG or JPEG") \
             from None
     if arr.ndim == 2:

@@ -20,6 +20,7 @@ from engine.sampler import SampleResult
 DISPLAY_PIXELS = 112  # small images are upscaled (nearest) to about this size
 MAX_FILMSTRIP_ROWS = 4
 LABEL_MARGIN = 28  # blank band on top of composed pictures: the UI's image label floats there
+SHOWN_WIDTH = 780  # about the width of the lab's result column on a laptop screen
 Caption = tuple[np.ndarray, str]
 
 
@@ -182,22 +183,32 @@ def figure_array(fig: Any) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def _new_figure(panels: int, width: float = 5.0, height: float = 3.2) -> tuple[Any, list[Any]]:
+def _new_figure(panels: int, width: float = 5.0, height: float = 3.2,
+                ratios: Sequence[float] | None = None) -> tuple[Any, list[Any]]:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width * panels, height), dpi=90, layout="constrained")
-    # leave the top band free: the UI's image label floats over it
-    fig.get_layout_engine().set(rect=(0, 0, 1, 1 - LABEL_MARGIN / (height * 90)))
-    axes = fig.subplots(1, panels, squeeze=False)[0]
+    ratios = list(ratios) if ratios else [1.0] * panels
+    dpi = 90
+    fig = Figure(figsize=(width * sum(ratios), height), dpi=dpi, layout="constrained")
+    # leave the top band free: the UI's image label floats over it, and a wide figure is
+    # shown shrunk to the column (about SHOWN_WIDTH pixels), its band with it
+    band = LABEL_MARGIN * max(1.0, width * sum(ratios) * dpi / SHOWN_WIDTH)
+    fig.get_layout_engine().set(rect=(0, 0, 1, 1 - band / (height * dpi)))
+    axes = fig.subplots(1, panels, squeeze=False, width_ratios=ratios)[0]
     return fig, list(axes)
 
 
-def _figure_legend(fig: Any, axes: Sequence[Any]) -> None:
-    """One legend for all panels, below them."""
+def _figure_legend(fig: Any, axes: Sequence[Any], handles: Sequence[Any] | None = None) -> None:
+    """One legend for all panels, below them (``handles``: one per column, else the
+    first panel's lines)."""
+    if handles:
+        fig.legend(handles=list(handles), loc="outside lower center", ncols=min(len(handles), 5), fontsize=8,
+                   frameon=False)
+        return
     for ax in axes:
-        handles, labels = ax.get_legend_handles_labels()
-        if handles:
-            fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5), fontsize=8,
+        found, labels = ax.get_legend_handles_labels()
+        if found:
+            fig.legend(found, labels, loc="outside lower center", ncols=min(len(labels), 5), fontsize=8,
                        frameon=False)
             return
 
@@ -253,13 +264,19 @@ def log_prob_figure(result: SampleResult) -> np.ndarray:
     return figure_array(fig)
 
 
-def stability_figure(result: SampleResult, gradient: str = "raw") -> np.ndarray:
-    """GradCheck's view: per column, the cosine similarity between consecutive guidance
-    gradients and the gradient norm over the timesteps (mean ± std over the batch)."""
+def stability_figure(result: SampleResult, gradient: str = "raw",
+                     rows: Sequence[StabilityRow] | None = None) -> np.ndarray:
+    """GradCheck's view on one figure: per column, the cosine similarity between
+    consecutive guidance gradients and the gradient norm over the timesteps (mean ± std
+    over the batch), and, given ``rows`` (:func:`engine.lab_support.column_stability`),
+    the judge's class accuracy of the final images (± its binomial standard error)."""
     cos_key, norm_key = ("cos_raw", "grad_norm") if gradient == "raw" else ("cos_applied", "applied_norm")
-    fig, (ax_cos, ax_norm) = _new_figure(2, height=3.6)
+    with_accuracy = rows is not None
+    fig, axes = _new_figure(3 if with_accuracy else 2, height=3.6, ratios=[1, 1, 0.7] if with_accuracy else None)
+    ax_cos, ax_norm = axes[0], axes[1]
+    colors = _colors(len(result.configs))
     drawn = False
-    for color, config in zip(_colors(len(result.configs)), result.configs):
+    for color, config in zip(colors, result.configs):
         trace = result.traces.get(config.name)
         if trace is None:
             continue
@@ -270,11 +287,45 @@ def stability_figure(result: SampleResult, gradient: str = "raw") -> np.ndarray:
     _time_axis(ax_norm, f"‖g‖, {gradient} gradient", "L2 norm")
     if drawn:
         ax_norm.set_yscale("log")
-        _figure_legend(fig, [ax_cos, ax_norm])
     else:
         for ax in (ax_cos, ax_norm):
             ax.text(0.5, 0.5, "no guidance gradient in this run", ha="center", va="center", transform=ax.transAxes)
+    if with_accuracy:
+        _accuracy_panel(axes[2], result, rows, colors)
+    if drawn or with_accuracy:
+        _figure_legend(fig, axes, [_patch(color, c.name) for color, c in zip(colors, result.configs)])
     return figure_array(fig)
+
+
+def _patch(color: Any, label: str) -> Any:
+    """A legend entry of one column's colour."""
+    from matplotlib.patches import Patch
+
+    return Patch(color=color, label=label)
+
+
+def _accuracy_panel(ax: Any, result: SampleResult, rows: Sequence[StabilityRow], colors: Sequence[Any]) -> None:
+    """Bars of the judge's class accuracy per column, with ± one standard error."""
+    by_name = {r.column: r for r in rows}
+    names = [c.name for c in result.configs]
+    values = [by_name[n].judge_accuracy if n in by_name else math.nan for n in names]
+    errors = [by_name[n].judge_accuracy_se if n in by_name else math.nan for n in names]
+    positions = np.arange(len(names))
+    ax.set_title("judge accuracy, final images", fontsize=10)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy (± s.e.)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_xticks(positions, [n if len(n) <= 14 else n[:13] + "…" for n in names], rotation=30, ha="right",
+                  fontsize=8)
+    if not any(math.isfinite(v) for v in values):
+        ax.text(0.5, 0.5, "no judge in these models", ha="center", va="center", transform=ax.transAxes)
+        return
+    heights = [v if math.isfinite(v) else 0.0 for v in values]
+    ax.bar(positions, heights, color=colors[:len(names)], yerr=[e if math.isfinite(e) else 0.0 for e in errors],
+           capsize=3, alpha=0.85)
+    for x, v in zip(positions, values):
+        if math.isfinite(v):
+            ax.text(x, min(v + 0.03, 1.0), f"{v:.0%}", ha="center", va="bottom", fontsize=8)
 
 
 # ------------------------------------------------------------------------------ tables
@@ -287,7 +338,7 @@ def stability_table(rows: Sequence[StabilityRow]) -> pd.DataFrame:
     return pd.DataFrame([{
         "column": r.column, "method": r.method, "guide": r.guide, "source": r.source, "stabiliser": r.stabiliser,
         "denoiser": r.denoiser_mode, "scale": _round(r.scale), "images": r.images,
-        "judge accuracy": _round(r.judge_accuracy), "mean cos": _round(r.mean_cos), "late cos": _round(r.late_cos),
+        "judge accuracy": _round(r.judge_accuracy), "± s.e.": _round(r.judge_accuracy_se), "mean cos": _round(r.mean_cos), "late cos": _round(r.late_cos),
         "mean ‖g‖": _round(r.mean_grad_norm, 4), "final log p": _round(r.final_log_prob),
     } for r in rows])
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, RedirectResponse
+from sqlalchemy.exc import ArgumentError
 
 from .state import LabState
 
@@ -58,6 +59,36 @@ def default_media_dir(db_url: str) -> Path:
     return path.with_name(path.stem + "_media")
 
 
+def shown_url(db_url: str) -> str:
+    """A database URL safe to print or serve: the password masked (``***``)."""
+    if "://" not in db_url:
+        return db_url
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(db_url).render_as_string(hide_password=True)
+    except (ValueError, TypeError, ArgumentError):  # not a URL SQLAlchemy can parse: show only its scheme
+        return db_url.split("://", 1)[0] + "://…"
+
+
+def scrub(text: str, db_url: str) -> str:
+    """``text`` with the database URL and its password masked."""
+    text = text.replace(db_url, shown_url(db_url))
+    from sqlalchemy.engine import make_url
+
+    try:
+        password = make_url(db_url).password if "://" in db_url else None
+    except (ValueError, TypeError, ArgumentError):
+        password = None
+    return text.replace(str(password), "***") if password else text
+
+
+def survey_status(note: str) -> str:
+    """``on``, ``off`` or ``unavailable`` from :func:`survey_app`'s note (for /healthz,
+    which anyone can read: no database URL in it)."""
+    return "on" if note.startswith("at ") else note.split(" ", 1)[0].rstrip(":")
+
+
 def survey_app(options: SurveyOptions) -> tuple[Any, str]:
     """The survey ASGI app and a one-line note, or the 503 stand-in and the reason."""
     if not options.enabled:
@@ -72,15 +103,18 @@ def survey_app(options: SurveyOptions) -> tuple[Any, str]:
         media = Path(options.media_dir) if options.media_dir else default_media_dir(options.db_url)
         app = create_survey_app(options.db_url, media, admin_password=options.admin_password)
     except Exception as exc:
-        reason = f"it could not open its database {options.db_url!r} ({exc.__class__.__name__}: {exc})"
+        reason = (f"it could not open its database {shown_url(options.db_url)!r} "
+                  f"({exc.__class__.__name__}: {scrub(str(exc), options.db_url)})")
         log.warning("survey unavailable: %s", reason)
-        return unavailable_app(reason + "."), f"unavailable: {reason}"
+        # raters see no database details; the operator has them in the log and the start line
+        return unavailable_app("its database could not be opened (the server log says why)."), \
+            f"unavailable: {reason}"
     results = "results need the admin password" if options.admin_password else \
         "results disabled (no --admin-password / RCG_ADMIN_PASSWORD)"
-    return app, f"at /survey ({options.db_url}; {results})"
+    return app, f"at /survey ({shown_url(options.db_url)}; {results})"
 
 
-def create_server(state: LabState, *, concurrency: int = 1, queue_size: int | None = 32,
+def create_server(state: LabState, *, concurrency: int = 2, queue_size: int | None = 32,
                   survey: SurveyOptions | None = None, lab_password: str | None = None,
                   max_upload: str = "10mb") -> FastAPI:
     """The whole site: ``/survey`` (raters and results), ``/healthz``, and the lab at ``/``.
@@ -97,7 +131,7 @@ def create_server(state: LabState, *, concurrency: int = 1, queue_size: int | No
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
-        return {"ok": True, "models": state.bundle.name, "survey": survey_note}
+        return {"ok": True, "models": state.bundle.name, "survey": survey_status(survey_note)}
 
     @app.get("/survey", include_in_schema=False)
     def survey_root() -> RedirectResponse:

@@ -88,6 +88,7 @@ class LabState:
         self._counter = itertools.count(1)
         self._stops: dict[str, float] = {}
         self._armed: dict[str, float] = {}
+        self._running: dict[str, int] = {}
         self._gallery: dict[tuple, Gallery | None] = {}
 
     # ------------------------------------------------------------------ models
@@ -135,27 +136,49 @@ class LabState:
             return [r.label for r in reversed(self.runs.values())]
 
     # ------------------------------------------------------------------ stop
-    # A Stop press counts for the session's run that was armed (Run clicked) or started
-    # before it: pressing Stop while the run waits in the queue cancels it at its first step.
+    # A Stop press counts for the session's runs that were armed (Run clicked) or started
+    # before it: pressing Stop while a run waits in the queue cancels it at its first step.
     def arm(self, session: str) -> None:
         """Mark the moment a session asked for a run (before it is queued)."""
         with self._lock:
             self._armed[session] = time.monotonic()
 
+    def disarm(self, session: str) -> None:
+        """Forget an armed run that never started (its input was refused)."""
+        with self._lock:
+            self._armed.pop(session, None)
+
     def start_run(self, session: str) -> Callable[[], bool]:
         """``should_stop`` for the engine: true once this session pressed Stop after it
-        armed (or, called directly through the API, started) this run."""
+        armed (or, called directly through the API, started) this run. Pair with
+        :meth:`finish_run`."""
         with self._lock:
             since = self._armed.pop(session, time.monotonic())
+            self._running[session] = self._running.get(session, 0) + 1
 
         def should_stop() -> bool:
             with self._lock:
                 return self._stops.get(session, -1.0) >= since
         return should_stop
 
-    def request_stop(self, session: str) -> None:
+    def finish_run(self, session: str) -> None:
+        """The session's run ended (finished, stopped or failed)."""
         with self._lock:
-            self._stops[session] = time.monotonic()
+            left = self._running.get(session, 1) - 1
+            if left > 0:
+                self._running[session] = left
+            else:
+                self._running.pop(session, None)
+                if session not in self._armed:
+                    self._stops.pop(session, None)
+
+    def request_stop(self, session: str) -> bool:
+        """Stop the session's runs at their next step; False when it has none running or queued."""
+        with self._lock:
+            active = bool(self._running.get(session)) or session in self._armed
+            if active:
+                self._stops[session] = time.monotonic()
+            return active
 
     # ------------------------------------------------------------------ gallery
     def gallery(self) -> Gallery | None:

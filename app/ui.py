@@ -16,7 +16,7 @@ INTRO = ("# Robust classifier guidance lab\n"
          "Help text sits beside each control; long runs show progress and can be stopped.")
 
 
-def build_blocks(state: LabState, concurrency: int = 1, queue_size: int | None = 32) -> gr.Blocks:
+def build_blocks(state: LabState, concurrency: int = 2, queue_size: int | None = 32) -> gr.Blocks:
     """All tabs over ``state``; ``concurrency`` heavy jobs (sampling, attacks) run at once,
     ``queue_size`` jobs may wait."""
     with gr.Blocks(title="Robust classifier guidance lab", delete_cache=(3600, 3600)) as demo:

@@ -8,7 +8,8 @@
   traced with :class:`TraceOptions`: the batch-and-step mean of the per-sample cosine
   similarity between consecutive guidance gradients (Vaeth et al. 2024, Figure 1), its
   mean over the second half of the run (the low-noise steps), the mean gradient norm, the final log p(y | x_t) of the
-  column's own guide, and the judge's class accuracy of the final images;
+  column's own guide, and the judge's class accuracy of the final images with its
+  binomial standard error sqrt(p (1 - p) / n);
 - :func:`perturbation`: what a targeted attack changed (delta and its L2 / Linf norms).
 
 Means ignore NaN entries (the first step has no previous gradient; unguided columns
@@ -72,6 +73,7 @@ class StabilityRow:
     mean_grad_norm: float
     final_log_prob: float
     judge_accuracy: float
+    judge_accuracy_se: float = math.nan  # binomial standard error of judge_accuracy over the images
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +98,7 @@ def column_stability(result: SampleResult, judge: nn.Module | None = None, gradi
         log_prob = trace.series("log_prob")
         late = cos[cos.shape[0] // 2:] if cos.numel() else cos
         accuracy = class_accuracy(judge, result.images[config.name], labels) if judge is not None else math.nan
+        accuracy_se = binomial_se(accuracy, int(labels.numel()))
         is_classifier = config.method == "classifier"
         rows.append(StabilityRow(
             column=config.name, method=config.method, guide=config.classifier or "",
@@ -103,8 +106,17 @@ def column_stability(result: SampleResult, judge: nn.Module | None = None, gradi
             stabiliser=config.stabiliser if is_classifier else "",
             denoiser_mode=config.denoiser_mode, scale=float(config.scale) if config.method != "unguided" else 0.0,
             images=int(labels.numel()), mean_cos=_nanmean(cos), late_cos=_nanmean(late), mean_grad_norm=_nanmean(norms),
-            final_log_prob=_nanmean(log_prob[-1]) if log_prob.numel() else math.nan, judge_accuracy=accuracy))
+            final_log_prob=_nanmean(log_prob[-1]) if log_prob.numel() else math.nan, judge_accuracy=accuracy,
+            judge_accuracy_se=accuracy_se))
     return rows
+
+
+def binomial_se(p: float, n: int) -> float:
+    """Standard error sqrt(p (1 - p) / n) of a fraction ``p`` measured on ``n`` trials
+    (NaN when ``p`` is NaN or ``n`` < 1)."""
+    if n < 1 or math.isnan(p):
+        return math.nan
+    return math.sqrt(max(p * (1.0 - p), 0.0) / n)
 
 
 def perturbation(x_start: torch.Tensor, x_adv: torch.Tensor) -> tuple[torch.Tensor, float, float]:
@@ -114,4 +126,4 @@ def perturbation(x_start: torch.Tensor, x_adv: torch.Tensor) -> tuple[torch.Tens
     return delta, float(delta.flatten().norm()), float(delta.abs().max()) if delta.numel() else 0.0
 
 
-__all__ = ["StabilityRow", "column_stability", "evenly_spaced", "perturbation", "record_every_for"]
+__all__ = ["StabilityRow", "binomial_se", "column_stability", "evenly_spaced", "perturbation", "record_every_for"]

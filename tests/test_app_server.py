@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -38,6 +39,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Gradio prints a traceback for its own input validation (here: the .txt upload that the
+# test sends on purpose; the user gets the message). Any other traceback is a failure.
+GRADIO_VALIDATION = ('gradio.exceptions.Error: "Invalid file type',)
+
+
+def unexpected_tracebacks(log: str) -> list[str]:
+    """The last line of every traceback in ``log`` that is not Gradio's input validation."""
+    ends = re.findall(r"Traceback \(most recent call last\):\n(?:[ \t].*\n|\n)*(\S.*)", log)
+    return [end for end in ends if not end.startswith(GRADIO_VALIDATION)]
+
+
 @pytest.fixture(scope="module")
 def lab(tiny_bundle_dir, tmp_path_factory):
     """`python -m app` on the tiny bundle; yields its base URL."""
@@ -50,7 +62,7 @@ def lab(tiny_bundle_dir, tmp_path_factory):
         proc = subprocess.Popen(
             [sys.executable, "-m", "app", "--bundle", str(tiny_bundle_dir), "--port", str(port), "--threads", "1",
              "--run-dir", str(work / "runs"), "--survey-db", str(work / "survey.db"), "--max-images", str(MAX_IMAGES),
-             "--concurrency", "1"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+             "--concurrency", "2"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     try:
@@ -67,7 +79,7 @@ def lab(tiny_bundle_dir, tmp_path_factory):
             time.sleep(0.2)
         yield url
         served = log_path.read_text()  # what the requests logged, before the shutdown noise
-        assert "Traceback" not in served, served
+        assert not unexpected_tracebacks(served), served
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -130,6 +142,7 @@ def test_side_by_side_sample_returns_every_output(client, tiny_bundle):
     config = json.loads(Path(by_name["run_config.json"]).read_text())
     assert config["seeds"] == [0, 1] and config["labels"] == [3, 3] and config["respacing"] == "3"
     assert [c["name"] for c in config["configs"]] == list(by_column)
+    assert png(by_name["02-vanilla.png"]).shape[:2] == (28 + 2 * 2, 2 * 28 + 3 * 2)  # native size, padded row of 2
     trace = torch.load(by_name["02-vanilla.trace.pt"], weights_only=True)
     assert trace["cos_raw"].shape == (3, 2) and set(trace["monitor_log_prob"]) == {"vanilla", "robust"}
     # the same seed gives the same image whatever else runs beside it: regenerate one column here
@@ -148,6 +161,40 @@ def test_rerender_changes_display_without_sampling(client):
     assert png(grad).shape[0] >= 3 * 56 and len(rows(table)) == 4
 
 
+def test_unconditional_switch_and_classifier_free_column(client):
+    """GradCheck's setting is one switch: every column's denoiser gets the null label,
+    except classifier-free guidance, which needs both; all from the same seeds (DDIM)."""
+    columns = {"headers": HEADERS, "data": [
+        [True, "unguided", "unguided", "", 0.0, "", "none"],
+        [True, "nonrobust x_t+ema", "classifier", "nonrobust", 1.0, "x_t", "ema"],
+        [True, "classifier-free", "cfg", "", 2.0, "", "none"],
+    ]}
+    runs = {}
+    for unconditional in (False, True):
+        out = client.predict(*sample_args(table=columns, unconditional=unconditional, sampler="DDIM", monitors=[]),
+                             api_name="/sample")
+        files = {Path(f).name: f for f in out[6]}
+        config = json.loads(Path(files["run_config.json"]).read_text())
+        assert config["sampler"] == "ddim"
+        modes = {c["name"]: c["denoiser_mode"] for c in config["configs"]}
+        assert modes == {"unguided": "unconditional" if unconditional else "conditional",
+                         "nonrobust x_t+ema": "unconditional" if unconditional else "conditional",
+                         "classifier-free": "conditional"}
+        assert {r["column"]: r["denoiser"] for r in rows(out[5])} == modes
+        stems = {"unguided": "01-unguided", "nonrobust x_t+ema": "02-nonrobust_x_t+ema",
+                 "classifier-free": "03-classifier-free"}
+        runs[unconditional] = {name: np.load(files[f"{stem}.npz"])["arr_0"] for name, stem in stems.items()}
+    assert not np.array_equal(runs[False]["unguided"], runs[True]["unguided"])  # the null label changes the model
+    assert np.array_equal(runs[False]["classifier-free"], runs[True]["classifier-free"])  # same seed, same column
+
+
+def test_column_presets(client):
+    table = rows(client.predict(api_name="/columns_gradcheck"))
+    ticked = [r["column"] for r in table if r["run"]]
+    assert ticked == ["unguided", "vanilla", "robust", "nonrobust", "nonrobust x0+adam", "nonrobust x0+ema"]
+    assert [r["column"] for r in rows(client.predict(api_name="/columns_paper")) if r["run"]] == ["vanilla", "robust"]
+
+
 @pytest.mark.parametrize("change, message", [
     ({"seeds": "a,b"}, "not an integer"),
     ({"seeds": "1.5"}, "not an integer"),
@@ -164,28 +211,36 @@ def test_bad_sampling_input_gives_a_message(client, change, message):
     assert message in error_of(client, *sample_args(**change), api_name="/sample")
 
 
-def test_stop_cancels_between_steps(client):
+def test_stop_cancels_between_steps_and_long_runs_block_nobody(client):
+    from gradio_client import Client
+
     one_column = {"headers": HEADERS, "data": [COLUMNS["data"][1]]}
     job = client.submit(*sample_args(seeds="0", steps=400, table=one_column, monitors=[]), api_name="/sample")
     deadline = time.time() + 60
     while not job.status().progress_data and time.time() < deadline:
         time.sleep(0.05)
     assert job.status().progress_data, "no progress reported"
-    # a long run does not block the inspector of another user (its own queue group)
-    from gradio_client import Client
-
     other = Client(client.src, verbose=False)
     started = time.time()
+    # another user's inspector (its own queue group) and short sample (a second slot) run meanwhile
     other.predict("all classes", 1, api_name="/inspector_pick")
     other.predict("3", "0", ["vanilla"], 0, False, api_name="/inspect")
-    assert not job.done() and time.time() - started < 20
+    status = other.predict(*sample_args(seeds="5", steps=2, table=one_column, monitors=[]), api_name="/sample")[7]
+    assert "1 seed(s) x 1 column(s), 2 DDPM steps" in status
+    assert not job.done() and time.time() - started < 30
+    # Stop is per user: the other user's Stop leaves this run alone
+    assert other.predict(api_name="/stop") == "No run of yours is in progress."
+    assert not job.done()
     assert "Stopping" in client.predict(api_name="/stop")
     outputs = job.result(timeout=60)
     assert outputs[-1].startswith("Stopped: stopped after") and "of 400 steps" in outputs[-1]
+    assert client.predict(api_name="/stop") == "No run of yours is in progress."
 
 
 # ------------------------------------------------------------------------------------ inspector and attack
 def test_inspector_on_a_gallery_image(client):
+    thumbs, position = client.predict("3", api_name="/inspector_gallery")
+    assert position == 0 and len(thumbs) > 5 and {t["caption"] for t in thumbs} == {"3"}
     preview, note, label = client.predict("3", 2, api_name="/inspector_pick")
     assert label == "3" and "class 3" in note and png(preview).shape[:2] == (112, 112)
     picture, table, status = client.predict("3", "0, 500", ["vanilla", "robust", "nonrobust"], 0, False,
@@ -213,6 +268,9 @@ def test_upload_is_checked_and_converted(client, tmp_path):
     text = tmp_path / "notes.png"
     text.write_text("not an image at all")
     assert "not a readable image" in error_of(client, handle_file(str(text)), api_name="/inspector_upload")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image at all")
+    assert "Invalid file type" in error_of(client, handle_file(str(notes)), api_name="/attack_upload")
     colour = tmp_path / "photo.png"
     Image.new("RGB", (60, 40), (250, 250, 250)).save(colour)
     preview, note, _ = client.predict(handle_file(str(colour)), api_name="/inspector_upload")
@@ -234,13 +292,20 @@ def test_targeted_attack(client):
 
 # ------------------------------------------------------------------------------------ stability
 def test_stability_run_and_analysis_of_a_kept_run(client):
-    plot, table, status = client.predict(["unguided", "vanilla", "nonrobust x0+adam"], "all classes (cycled)", 3, 2,
-                                         0, "DDPM", False, "raw", api_name="/stability")
+    plot, table, status = client.predict(["unguided", "vanilla", "nonrobust x0+adam"], "all classes (cycled)", 3, 3,
+                                         0, "DDPM", False, "applied", api_name="/stability")
     result = {r["column"]: r for r in rows(table)}
     assert list(result) == ["unguided", "vanilla", "nonrobust x0+adam"]
-    assert all(r["images"] == 3 and abs(r["judge accuracy"] * 3 - round(r["judge accuracy"] * 3)) < 0.01
-               for r in result.values())  # accuracy of 3 images
-    assert png(plot).shape[1] > 600 and "3 image(s) per column, 2 steps" in status
+    for r in result.values():  # the judge's accuracy of 3 images, with its binomial standard error
+        p = r["judge accuracy"]
+        assert r["images"] == 3 and abs(p * 3 - round(p * 3)) < 0.01
+        assert r["± s.e."] == pytest.approx((p * (1 - p) / 3) ** 0.5, abs=1e-3)
+    assert result["unguided"]["mean cos"] is None
+    for name in ("vanilla", "nonrobust x0+adam"):
+        assert -1 <= result[name]["mean cos"] <= 1 and result[name]["mean ‖g‖"] > 0
+    figure = png(plot)  # cosine, norm and accuracy panels side by side
+    assert figure.shape[1] > 1000 and len(np.unique(figure.reshape(-1, 3), axis=0)) > 10
+    assert "3 image(s) per column, 3 steps, applied gradients" in status
     runs = client.predict(api_name="/list_runs")
     labels = [c[0] if isinstance(c, (list, tuple)) else c for c in runs["choices"]]
     side_by_side = next(label for label in labels if "side-by-side" in label)
@@ -271,7 +336,7 @@ def test_models_view_describes_and_loads(client, tiny_bundle, tiny_bundle_dir):
 
 def test_health_and_survey_paths(lab):
     health = httpx.get(lab + "/healthz").json()
-    assert health["models"] == "tiny-random" and health["survey"].startswith("at /survey")
+    assert health == {"ok": True, "models": "tiny-random", "survey": "on"}  # no database URL for anyone to read
     assert httpx.get(lab + "/survey/", timeout=10).status_code == 200
     assert httpx.get(lab + "/survey", follow_redirects=True, timeout=10).status_code == 200
     assert httpx.get(lab + "/survey/results", timeout=10).status_code == 401
@@ -283,6 +348,15 @@ def test_health_and_survey_paths(lab):
 
 
 # ------------------------------------------------------------------------------------ browser
+# distinct colours of the first <img> under a selector (every 7th pixel), read back through a canvas
+COLOURS_JS = """sel => { const img = document.querySelector(sel + ' img');
+  const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+  const ctx = c.getContext('2d'); ctx.drawImage(img, 0, 0);
+  const d = ctx.getImageData(0, 0, c.width, c.height).data; const seen = new Set();
+  for (let i = 0; i < d.length; i += 28) seen.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
+  return seen.size; }"""
+
+
 @pytest.mark.browser
 def test_browser_runs_a_side_by_side_sample(lab):
     if not Path(CHROMIUM).exists():
@@ -313,12 +387,27 @@ def test_browser_runs_a_side_by_side_sample(lab):
                 page.wait_for_function(f"() => ({loaded})('{selector}').some(w => w > 0)", timeout=30000)
             widths = {s: max(page.evaluate(loaded, s)) for s in ("#sample-final", "#sample-logp", "#sample-stability")}
             assert widths["#sample-final"] >= 3 * 112
-            assert widths["#sample-logp"] > 600 and widths["#sample-stability"] > 600
+            assert widths["#sample-logp"] > 600 and widths["#sample-stability"] > 1000
+            # the pictures hold drawn pixels, not a blank or broken image
+            colours = {s: page.evaluate(COLOURS_JS, s) for s in
+                       ("#sample-final", "#sample-x0", "#sample-grad", "#sample-logp", "#sample-stability")}
+            assert all(n > 10 for n in colours.values()), colours
             assert "2 DDPM steps" in page.inner_text("#sample-status")
             page.wait_for_function("() => document.querySelector('#sample-table').innerText.includes('nonrobust')",
                                    timeout=30000)
             assert page.inner_text("#sample-table").count("x0_through_denoiser") == 1  # the default three columns
             page.screenshot(path=str(ARTIFACTS / "lab-side-by-side.png"), full_page=True)
+
+            # a long run shows its progress, and Stop ends it between steps
+            page.locator("#sample-steps input").fill("400")
+            page.locator("#sample-steps input").press("Tab")
+            page.click("#sample-run")
+            page.wait_for_function("() => /[0-9]+\\s*\\/\\s*400/.test(document.body.innerText)", timeout=60000)
+            page.click("#sample-stop")
+            page.wait_for_function(
+                "() => document.querySelector('#sample-status').innerText.includes('Stopped: stopped after')",
+                timeout=60000)
+            assert "of 400 steps" in page.inner_text("#sample-status")
             assert not errors, errors
         finally:
             browser.close()

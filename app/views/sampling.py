@@ -65,11 +65,14 @@ def run_side_by_side(state: LabState, session: str, class_value: Any, seeds_text
     trace = TraceOptions(record_every=record_every_for(num_steps, frame_count),
                          monitors=tuple(m for m in (monitors or []) if m in bundle.guides))
     should_stop = state.start_run(session)
-    run_id, folder = state.new_run_folder()
     started = time.perf_counter()
-    result = bundle.sample(configs, labels, seeds, respacing=respacing_text, sampler=sampler_name, eta=eta_value,
-                           trace=trace, progress=progress, should_stop=should_stop)
+    try:
+        result = bundle.sample(configs, labels, seeds, respacing=respacing_text, sampler=sampler_name, eta=eta_value,
+                               trace=trace, progress=progress, should_stop=should_stop)
+    finally:
+        state.finish_run(session)
     seconds = time.perf_counter() - started
+    run_id, folder = state.new_run_folder()
     files = write_run_files(result, folder, {"class_names": bundle.class_names, "models": bundle.describe(),
                                              "seconds": round(seconds, 2)})
     record = RunRecord(run_id, kind, result, bundle, list(bundle.class_names), folder, seconds=seconds, files=files)
@@ -88,7 +91,7 @@ def render_record(record: RunRecord, frames: Any, signed: bool, gradient: str) -
         "grad": render.labelled_stack(render.filmstrip_gallery(record.result, "gradient", frame_count, bool(signed),
                                                                gradient)),
         "logp": render.log_prob_figure(record.result),
-        "stability": render.stability_figure(record.result, gradient),
+        "stability": render.stability_figure(record.result, gradient, rows),
         "table": render.stability_table(rows),
         "files": record.files,
     }
@@ -100,6 +103,10 @@ def status_line(record: RunRecord) -> str:
     return (f"**{record.id}**: class {label}, {len(r.seeds)} seed(s) x {len(r.configs)} column(s), "
             f"{r.settings.get('num_steps')} {str(r.settings.get('sampler', '')).upper()} steps in "
             f"{record.seconds:.1f} s.")
+
+
+def stop_message(active: bool) -> str:
+    return "Stopping after the current step…" if active else "No run of yours is in progress."
 
 
 def build(state: LabState, concurrency: int) -> View:
@@ -157,7 +164,8 @@ def build(state: LabState, concurrency: int) -> View:
                                      elem_id="sample-grad")
                 logp_plot = gr.Image(label="log p(y | x_t) per classifier", format="png", elem_id="sample-logp",
                                      interactive=False)
-                stability_plot = gr.Image(label="Gradient stability: cosine of consecutive gradients, norm",
+                stability_plot = gr.Image(label="Gradient stability: cosine of consecutive gradients, norm; judge "
+                                                "accuracy of the final images",
                                           format="png", elem_id="sample-stability", interactive=False)
                 summary = gr.Dataframe(label="Per column (judge accuracy of the final images; cosine and norm "
                                              "averaged over steps and images)", interactive=False,
@@ -185,6 +193,8 @@ def build(state: LabState, concurrency: int) -> View:
         except SamplingCancelled as exc:
             gr.Warning(f"Stopped: {exc}")
             return [gr.skip()] * 7 + [f"Stopped: {exc}.", gr.skip()]
+        finally:
+            state.disarm(session_of(request))
         out = render_record(record, frame_count, signed_value, gradient_kind)
         return [out["final"], out["x0"], out["grad"], out["logp"], out["stability"], out["table"], out["files"],
                 status_line(record), record.id]
@@ -197,8 +207,7 @@ def build(state: LabState, concurrency: int) -> View:
         return [out["final"], out["x0"], out["grad"], out["logp"], out["stability"], out["table"]]
 
     def stop(request: gr.Request) -> str:
-        state.request_stop(session_of(request))
-        return "Stopping after the current step…"
+        return stop_message(state.request_stop(session_of(request)))
 
     inputs = [class_dd, seeds, steps, respacing, sampler, eta, table, unconditional, monitors, frames, signed, gradient]
     run_btn.click(arm, None, None, api_visibility="private", queue=False).then(

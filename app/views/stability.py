@@ -18,12 +18,13 @@ from ..errors import user_errors
 from ..inputs import COLUMN_HEADERS, LabInputError, parse_class, parse_int
 from ..state import LabState, RunRecord
 from . import View, class_choices, session_of
-from .sampling import default_steps, run_side_by_side
+from .sampling import default_steps, run_side_by_side, stop_message
 
 HELP = ("A batch of images per column, labels cycling over the classes (or one class), all columns from the same "
         "seeds. **cos** near 1 means the guide keeps pushing in the same direction from step to step; GradCheck "
         "reports that gradients of classifiers not trained for noisy inputs jump around, and that guiding through "
-        "the predicted x0 with Adam or EMA smooths them. **late cos**: the second half of the steps (low noise). "
+        "the predicted x0 with Adam or EMA smooths them (compare the **applied** gradients: what a step actually "
+        "adds). **late cos**: the second half of the steps (low noise). "
         "**judge accuracy**: how often the bundle's independent judge sees the requested class in the final "
         "images. Or analyse a run you made in the side-by-side tab.")
 ALL_CLASSES = "all classes (cycled)"
@@ -51,12 +52,12 @@ def stability_run(state: LabState, session: str, names: list[str] | None, class_
 
 def analyse(record: RunRecord, gradient: str) -> tuple[Any, Any, str]:
     """The stability figure, table and a status line of a kept run."""
-    gradient = gradient if gradient in ("raw", "applied") else "raw"
+    gradient = gradient if gradient in ("raw", "applied") else "applied"
     rows = column_stability(record.result, record.bundle.judge, gradient)
     judged = "" if record.bundle.judge is not None else " (no judge in these models: accuracy left empty)"
     text = (f"**{record.id}** ({record.kind}): {len(record.result.seeds)} image(s) per column, "
             f"{record.result.settings.get('num_steps')} steps, {gradient} gradients{judged}")
-    return render.stability_figure(record.result, gradient), render.stability_table(rows), text
+    return render.stability_figure(record.result, gradient, rows), render.stability_table(rows), text
 
 
 def build(state: LabState, concurrency: int) -> View:
@@ -81,8 +82,9 @@ def build(state: LabState, concurrency: int) -> View:
                     sampler = gr.Radio(["DDPM", "DDIM"], value="DDPM", label="Sampler")
                 unconditional = gr.Checkbox(False, label="Unconditional denoiser (null label)",
                                             info="GradCheck's setting: only the classifier knows the class")
-                gradient = gr.Radio(["raw", "applied"], value="raw", label="Gradient",
-                                    info="raw: as the classifier gives it; applied: after stabiliser and scale")
+                gradient = gr.Radio(["applied", "raw"], value="applied", label="Gradient",
+                                    info="applied: the direction each step moves, after Adam / EMA (the same "
+                                         "cosine as raw for unstabilised columns); raw: as the classifier gives it")
                 with gr.Row():
                     run_btn = gr.Button("Run stability comparison", variant="primary", elem_id="stability-run")
                     stop_btn = gr.Button("Stop", variant="stop")
@@ -94,7 +96,8 @@ def build(state: LabState, concurrency: int) -> View:
                         analyse_btn = gr.Button("Analyse", size="sm")
                 status = gr.Markdown("", elem_id="stability-status")
             with gr.Column(scale=2):
-                plot = gr.Image(label="Cosine of consecutive gradients and gradient norm (mean ± std over the batch)",
+                plot = gr.Image(label="Per column: cosine of consecutive gradients and gradient norm (mean ± std "
+                                      "over the batch), judge accuracy of the final images (± s.e.)",
                                 format="png", interactive=False, elem_id="stability-plot")
                 table = gr.Dataframe(label="Per column", interactive=False, elem_id="stability-table")
         run_id = gr.State(None)
@@ -114,6 +117,8 @@ def build(state: LabState, concurrency: int) -> View:
         except SamplingCancelled as exc:
             gr.Warning(f"Stopped: {exc}")
             return gr.skip(), gr.skip(), f"Stopped: {exc}.", gr.skip()
+        finally:
+            state.disarm(session_of(request))
         figure, frame, text = analyse(record, gradient_value)
         return figure, frame, text + f" — sampled in {record.seconds:.1f} s", record.id
 
@@ -130,8 +135,7 @@ def build(state: LabState, concurrency: int) -> View:
         return analyse(state.get_run(run), gradient_value)
 
     def stop(request: gr.Request) -> str:
-        state.request_stop(session_of(request))
-        return "Stopping after the current step…"
+        return stop_message(state.request_stop(session_of(request)))
 
     outputs = [plot, table, status, run_id]
     run_btn.click(arm, None, None, api_visibility="private", queue=False).then(
