@@ -18,9 +18,10 @@ removed. Rules apply to whole raters: all their answers are dropped.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where it is used: the CLI and the server start without it
+    import pandas as pd
 
 DEFAULT_FAST_MS = 800.0
 DEFAULT_MIN_ANSWERS_FOR_FLAGS = 5
@@ -80,6 +81,8 @@ def rater_table(votes: pd.DataFrame, fast_ms: float = DEFAULT_FAST_MS,
                 min_answers: int = DEFAULT_MIN_ANSWERS_FOR_FLAGS) -> pd.DataFrame:
     """One row per rater (index rater_id): answers, share_L/R/S, median_latency_ms,
     gold_answers, gold_accuracy, repeat_answers, repeat_consistency, one_sided, fast."""
+    import pandas as pd
+
     raters = sorted(votes["rater_id"].unique(), key=str)
     table = pd.DataFrame(index=pd.Index(raters, name="rater_id"))
     grouped = votes.groupby("rater_id")
@@ -102,6 +105,8 @@ def rater_table(votes: pd.DataFrame, fast_ms: float = DEFAULT_FAST_MS,
 def repeat_consistency(votes: pd.DataFrame) -> pd.DataFrame:
     """Per rater: number of repeat answers whose source pair they also answered, and the
     share where both answers chose the same method (or both "same")."""
+    import pandas as pd
+
     repeats = votes[votes["pair_kind"] == "repeat"]
     originals = votes[votes["pair_kind"] == "main"].set_index(["rater_id", "pair_id"])["choice"]
     rows = []
@@ -134,6 +139,8 @@ def apply_exclusions(votes: pd.DataFrame, rules: ExclusionRules, source: str = "
                      table: pd.DataFrame | None = None) -> tuple[pd.DataFrame, ExclusionReport]:
     """Drop whole raters by ``rules``; return the kept votes and what was removed by which
     rule (a rater hit by several rules is listed under each)."""
+    import pandas as pd
+
     table = rater_table(votes) if table is None else table
     excluded: dict[str, list[str]] = {}
 
