@@ -49,10 +49,13 @@ class Snapshot:
     grad_applied: torch.Tensor | None
 
 
-def cosine_per_sample(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Cosine similarity of each sample's flattened a and b."""
+def cosine_per_sample(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of each sample's flattened a and b; NaN where either is exactly
+    zero (e.g. guidance through a clipped x0 at the first step), where it is undefined."""
     a, b = a.flatten(1).double(), b.flatten(1).double()
-    return ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(eps)).float()
+    norms = a.norm(dim=1) * b.norm(dim=1)
+    cos = (a * b).sum(1) / norms.clamp_min(1e-300)
+    return torch.where(norms > 0, cos, torch.full_like(cos, float("nan"))).float()
 
 
 @dataclass

@@ -75,6 +75,8 @@ def test_cosine_per_sample():
     a = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     b = torch.tensor([[0.0, 2.0], [2.0, 2.0]])
     torch.testing.assert_close(cosine_per_sample(a, b), torch.tensor([0.0, 1.0]))
+    undefined = cosine_per_sample(torch.zeros(1, 2), torch.ones(1, 2))
+    assert torch.isnan(undefined).all()
 
 
 def test_shared_seeds_same_start_and_batch_independence(tiny_bundle):
