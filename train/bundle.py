@@ -40,8 +40,8 @@ from engine.metrics import JudgeFeatures, class_accuracy, extract_features, frec
 
 from .robustness import evaluate as robustness_rows
 
-ROBUSTNESS_TIMESTEPS = [0, 100, 300, 500, 700]
-ROBUSTNESS_EPS = [0.0, 0.5, 1.0, 2.0]
+ROBUSTNESS_TIMESTEPS = [0, 200, 400, 600]
+ROBUSTNESS_EPS = [0.0, 1.0, 2.0, 4.0]
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
