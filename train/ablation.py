@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = header["meta"]
         rows = robustness_rows([("m", net, True, header)], real_images[:args.limit], real_labels[:args.limit],
                                diffusion_config=DiffusionConfig.from_dict(meta["diffusion"]), timesteps=[0, 300],
-                               norm="l2", eps_list=[0.0, 1.0, 2.0], steps=10, step_size=None, targeted=False, seed=0,
+                               norm="l2", eps_list=[0.0, 2.0, 4.0], steps=10, step_size=None, targeted=False, seed=0,
                                batch_size=250, device=torch.device("cpu"))
         record = {"file": str(path), "attack": meta.get("attack"), "steps": meta.get("steps"),
                   "command": meta.get("command"), "train_seconds": meta.get("train_seconds"),
@@ -86,15 +86,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown(summary: dict) -> str:
     scales = summary["scales"]
-    lines = ["| attack | eps | steps | PGD acc t=0 eps 2 | PGD acc t=300 eps 1 | "
+    lines = ["| attack | eps | steps | PGD acc t=0 eps 4 | PGD acc t=300 eps 2 | "
              + " | ".join(f"FID s={s:g} | acc s={s:g}" for s in scales) + " |",
              "|---|---|---|---|---|" + "---|---|" * len(scales)]
     for r in summary["runs"]:
         a = r["attack"] or {"norm": "none", "eps": 0, "steps": 0}
         cells = " | ".join(f"{r['samples'][f's={s:g}']['judge_fid']:.2f} | {r['samples'][f's={s:g}']['judge_accuracy']:.3f}"
                            for s in scales)
-        lines.append(f"| {a['norm']} | {a['eps']:g} | {a['steps']} | {r['pgd_accuracy']['t=0,eps=2']:.3f} | "
-                     f"{r['pgd_accuracy']['t=300,eps=1']:.3f} | {cells} |")
+        lines.append(f"| {a['norm']} | {a['eps']:g} | {a['steps']} | {r['pgd_accuracy']['t=0,eps=4']:.3f} | "
+                     f"{r['pgd_accuracy']['t=300,eps=2']:.3f} | {cells} |")
     return "\n".join(lines)
 
 
