@@ -25,7 +25,7 @@ def test_readme_opens_with_launch_and_test_commands():
 
 
 def _modules() -> list[str]:
-    found = set(re.findall(r"python -m ((?:app|survey|train|bench)(?:\.[a-z_]+)?)\b", README))
+    found = set(re.findall(r"python -m ((?:app|survey)(?:\.[a-z_]+)?|(?:train|bench)\.[a-z_]+)\b", README))
     return sorted(found)
 
 
