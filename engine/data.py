@@ -201,9 +201,7 @@ def load_folder(root: Path, image_size: int | None, channels: int, on_error: str
     if not items:
         raise DataError(f"{root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); put images in class "
                         "sub-folders or name them <class>_<anything>.png")
-    class_names = sorted({c for _, c in items}, key=_natural_key)
-    index = {c: i for i, c in enumerate(class_names)}
-    images, labels, bad = [], [], []
+    images, classes, bad = [], [], []
     for path, cls in items:
         try:
             arr = _load_image(path, image_size, channels)
@@ -216,12 +214,15 @@ def load_folder(root: Path, image_size: int | None, channels: int, on_error: str
             raise DataError(f"{path} is {arr.shape[1]}x{arr.shape[2]} but earlier images are "
                             f"{images[0].shape[1]}x{images[0].shape[2]}; pass an image size to resize them")
         images.append(arr)
-        labels.append(index[cls])
+        classes.append(cls)
     if bad:
         warnings.warn(f"skipped {len(bad)} unreadable image(s): " + "; ".join(bad[:20]), stacklevel=2)
     if not images:
         raise DataError(f"no readable images in {root}")
-    return ImageSet(torch.from_numpy(np.stack(images)), torch.tensor(labels), class_names, f"folder:{root} ({layout})")
+    class_names = sorted(set(classes), key=_natural_key)  # only classes with a readable image
+    index = {c: i for i, c in enumerate(class_names)}
+    labels = torch.tensor([index[c] for c in classes])
+    return ImageSet(torch.from_numpy(np.stack(images)), labels, class_names, f"folder:{root} ({layout})")
 
 
 def _natural_key(name: str):
