@@ -18,7 +18,8 @@ stopped; ``torchrun`` shards the seeds of each batch over processes.
 
 Method specs: ``unguided``, ``cfg`` (classifier-free; its scale is the CFG strength),
 ``GUIDE[@SOURCE][+STABILISER]`` with SOURCE one of x_t, x0 (through the denoiser),
-x0_detached and STABILISER adam or ema, e.g. ``nonrobust@x0+adam``.
+x0_detached and STABILISER adam or ema, e.g. ``nonrobust@x0+adam``; a suffix ``*K`` multiplies
+every scale for that method (Adam's normalised output needs smaller scales: ``nonrobust@x0+adam*0.05``).
 ``--modes conditional,unconditional`` also runs every method with the denoiser's null
 label (GradCheck's setting: an unconditional model steered only by the classifier).
 
@@ -72,6 +73,12 @@ class Point:
 
 def method_config(spec: str, scale: float, mode: str, bundle, name: str) -> GuidanceConfig:
     """Turn a method spec into a guidance config."""
+    spec, _, factor = spec.partition("*")
+    if factor:
+        try:
+            scale = scale * float(factor)
+        except ValueError:
+            raise SystemExit(f"method {spec!r}: the factor after '*' must be a number") from None
     if spec == "unguided":
         return GuidanceConfig(name=name, method="unguided", denoiser_mode=mode)
     if spec == "cfg":
@@ -218,7 +225,8 @@ def score_points(points: list[Point], bundle, args) -> list[dict]:
             acc = class_accuracy(bundle.judge, images, labels) if bundle.judge is not None else float("nan")
             per_rep.append({"fid": frechet_distance(real_feats, feats), "precision": pr["precision"],
                             "recall": pr["recall"], "accuracy": acc})
-        row: dict[str, Any] = {"method": p.method, "mode": p.mode, "scale": p.scale, "key": p.key,
+        row: dict[str, Any] = {"method": p.method, "mode": p.mode, "scale": p.scale,
+                               "effective_scale": p.config.scale, "key": p.key,
                                "n_per_replicate": len(labels), "replicates": args.replicates}
         for metric in ("fid", "precision", "recall", "accuracy"):
             values = np.array([q[metric] for q in per_rep], dtype=np.float64)
@@ -252,7 +260,7 @@ def markdown(rows: list[dict], args) -> str:
                   "| method | scale | FID | precision | recall | judge accuracy |", "|---|---|---|---|---|---|"]
         for method in dict.fromkeys(r["method"] for r in mode_rows):
             best = min((r for r in mode_rows if r["method"] == method), key=lambda r: r["fid"])
-            lines.append(f"| {method} | {best['scale']:g} | {fmt(best, 'fid')} | {fmt(best, 'precision')} | "
+            lines.append(f"| {method} | {best['effective_scale']:g} | {fmt(best, 'fid')} | {fmt(best, 'precision')} | "
                          f"{fmt(best, 'recall')} | {fmt(best, 'accuracy')} |")
         scales = sorted({r["scale"] for r in mode_rows if r["method"] != "unguided"})
         for metric in ("fid", "precision", "recall", "accuracy"):
@@ -273,7 +281,7 @@ def write_outputs(rows: list[dict], args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=1))
     (args.out / "results.md").write_text(markdown(rows, args))
-    fields = ["method", "mode", "scale", "fid", "fid_std", "precision", "precision_std", "recall", "recall_std",
+    fields = ["method", "mode", "scale", "effective_scale", "fid", "fid_std", "precision", "precision_std", "recall", "recall_std",
               "accuracy", "accuracy_std", "n_per_replicate", "replicates", "key"]
     with open(args.out / "results.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
