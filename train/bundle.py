@@ -166,6 +166,43 @@ def add(args: argparse.Namespace) -> None:
                      indent=1))
 
 
+def markdown(manifest: dict[str, Any]) -> str:
+    """The manifest's figures as README tables."""
+    lines = ["| model | file | parameters | training | time |", "|---|---|---|---|---|"]
+    entries = [("denoiser", manifest.get("denoiser"))] + list(manifest.get("guides", {}).items()) + \
+        [("judge", manifest.get("judge"))]
+    folder = DEFAULT_BUNDLE_DIR
+    for name, entry in entries:
+        if not entry:
+            continue
+        net, _ = load_model_file(folder / entry["file"])
+        params = sum(p.numel() for p in net.parameters())
+        t = entry["training"]
+        lines.append(f"| {name} | `{entry['file']}` | {params / 1e6:.2f}M | `{t['command']}` | "
+                     f"{t['train_seconds'] / 60:.0f} min |")
+    guides = {n: e for n, e in manifest.get("guides", {}).items() if "figures" in e}
+    if guides:
+        first = next(iter(guides.values()))["figures"]
+        ts = list(first["held_out_accuracy_l2_pgd"])
+        eps = list(first["held_out_accuracy_l2_pgd"][ts[0]])
+        lines += ["", f"Held-out accuracy (%) under {first['attack']}, n = {first['n']}:", "",
+                  "| guide | t | " + " | ".join(e.replace("=", " ") for e in eps) + " |",
+                  "|---|---|" + "---|" * len(eps)]
+        for n, e in guides.items():
+            table = e["figures"]["held_out_accuracy_l2_pgd"]
+            for t in ts:
+                lines.append(f"| {n} | {t[2:]} | " + " | ".join(f"{100 * table[t][k]:.1f}" for k in eps) + " |")
+    den = (manifest.get("denoiser") or {}).get("figures")
+    judge = (manifest.get("judge") or {}).get("figures")
+    if judge:
+        lines += ["", f"Judge: {100 * judge['heldout_accuracy']:.1f} % on the 1,000 held-out digits."]
+    if den:
+        lines.append(f"Denoiser: the judge recognises the requested digit in {100 * den['judge_accuracy_on_conditional_samples']:.1f} % "
+                     f"of {den['samples']} conditional samples (unguided, DDPM, {den['respacing']} steps, seeds "
+                     f"{den['seeds']}); their judge-feature FID to the held-out digits is {den['judge_fid_to_heldout']:.3f}.")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.bundle", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -183,11 +220,13 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--attack-steps", type=int, default=10, help="PGD steps of the robustness figures (default: 10)")
     a.add_argument("--limit", type=int, default=None, help="held-out images for the robustness figures (default: all)")
     a.add_argument("--skip-measure", action="store_true", help="copy only (figures measured later)")
-    s = sub.add_parser("show", help="print bundle.json")
+    s = sub.add_parser("show", help="print bundle.json (or its figures as markdown tables)")
     s.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE_DIR)
+    s.add_argument("--markdown", action="store_true", help="print the README tables")
     args = p.parse_args(argv)
     if args.command == "show":
-        print(json.dumps(read_manifest(args.bundle), indent=1))
+        manifest = read_manifest(args.bundle)
+        print(markdown(manifest) if args.markdown else json.dumps(manifest, indent=1))
         return 0
     add(args)
     return 0
