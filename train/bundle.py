@@ -19,7 +19,8 @@ Examples::
     python -m train.bundle add --role guide --name vanilla --file runs/vanilla/model.pt --default-scale 1
     python -m train.bundle add --role guide --name robust --file runs/robust/model.pt --default-scale 2
     python -m train.bundle add --role judge --file runs/judge/model.pt
-    python -m train.bundle show
+    python -m train.bundle set --name robust --default-scale 2 --lab lab_defaults.json
+    python -m train.bundle show --markdown
 """
 
 from __future__ import annotations
@@ -220,6 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--attack-steps", type=int, default=10, help="PGD steps of the robustness figures (default: 10)")
     a.add_argument("--limit", type=int, default=None, help="held-out images for the robustness figures (default: all)")
     a.add_argument("--skip-measure", action="store_true", help="copy only (figures measured later)")
+    d = sub.add_parser("set", help="change a guide's defaults (scale, source, description) without re-measuring")
+    d.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE_DIR)
+    d.add_argument("--name", required=True, help="guide name")
+    d.add_argument("--default-scale", type=float, default=None)
+    d.add_argument("--default-source", default=None)
+    d.add_argument("--description", default=None)
+    d.add_argument("--lab", type=Path, default=None, help="JSON file with the lab's default columns and steps")
     s = sub.add_parser("show", help="print bundle.json (or its figures as markdown tables)")
     s.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE_DIR)
     s.add_argument("--markdown", action="store_true", help="print the README tables")
@@ -227,6 +235,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "show":
         manifest = read_manifest(args.bundle)
         print(markdown(manifest) if args.markdown else json.dumps(manifest, indent=1))
+        return 0
+    if args.command == "set":
+        manifest = read_manifest(args.bundle)
+        if args.name not in manifest.get("guides", {}):
+            raise SystemExit(f"no guide {args.name!r} in {args.bundle}; guides: {sorted(manifest.get('guides', {}))}")
+        entry = manifest["guides"][args.name]
+        for key in ("default_scale", "default_source", "description"):
+            if getattr(args, key) is not None:
+                entry[key] = getattr(args, key)
+        if args.lab is not None:
+            manifest["lab"] = json.loads(args.lab.read_text())
+        write_manifest(args.bundle, manifest)
+        print(json.dumps({k: v for k, v in entry.items() if k != "figures"}, indent=1))
         return 0
     add(args)
     return 0
