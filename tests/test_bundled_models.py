@@ -36,9 +36,10 @@ def test_manifest_figures_show_the_paper_point():
     manifest = json.loads((DEFAULT_BUNDLE_DIR / "bundle.json").read_text())
     vanilla = manifest["guides"]["vanilla"]["figures"]["held_out_accuracy_l2_pgd"]
     robust = manifest["guides"]["robust"]["figures"]["held_out_accuracy_l2_pgd"]
-    # robust beats vanilla under attack by a wide margin at t = 0 and at moderate noise
-    for t in ("t=0", "t=200"):
-        assert robust[t]["eps=4"] > vanilla[t]["eps=4"] + 0.15, t
+    # robust beats vanilla under attack by a wide margin (10 points = 5 standard errors at
+    # n = 1000) from clean to moderately noisy inputs
+    for t in ("t=0", "t=200", "t=400"):
+        assert robust[t]["eps=4"] > vanilla[t]["eps=4"] + 0.10, t
     assert manifest["judge"]["figures"]["heldout_accuracy"] > 0.95
     assert manifest["denoiser"]["figures"]["judge_accuracy_on_conditional_samples"] > 0.8
 
