@@ -146,13 +146,7 @@ def train(args: argparse.Namespace, info: common.DistInfo) -> int:
         with common.autocast(args, info.device):
             logits = net(x_in, net_t)
         loss = F.cross_entropy(logits.float(), y)
-        common.nan_guard(loss, step)
-        lr = common.linear_lr(step, args.steps, args.lr, args.final_lr, args.warmup)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        lr = common.optimisation_step(optimizer, loss, step, args)
 
         with torch.no_grad():
             correct_in = (logits.argmax(-1) == y).float()

@@ -306,6 +306,20 @@ def nan_guard(loss: torch.Tensor, step: int) -> None:
         raise SystemExit(f"the loss became {float(loss)} at step {step}; lower --lr or use --amp none")
 
 
+def optimisation_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int,
+                      args: argparse.Namespace) -> float:
+    """One update shared by the trainers: stop on a non-finite loss, set the linearly
+    annealed learning rate (:func:`linear_lr`), backpropagate and step. Returns the rate."""
+    nan_guard(loss, step)
+    lr = linear_lr(step, args.steps, args.lr, args.final_lr, args.warmup)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return lr
+
+
 class TrainingRun:
     """Checkpointing shared by the trainers: ``--resume`` restores model, EMA, optimiser,
     step, RNG state and elapsed time; :meth:`after_step` saves every ``--save-every``

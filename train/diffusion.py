@@ -126,13 +126,7 @@ def train(args: argparse.Namespace, info: common.DistInfo) -> int:
             out = net(x_t, diffusion.network_timesteps(t), y)
         losses = training_losses(diffusion, out.float(), x0, x_t, t, noise)
         loss = losses["loss"].mean()
-        common.nan_guard(loss, step)
-        lr = common.linear_lr(step, args.steps, args.lr, args.final_lr, args.warmup)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        lr = common.optimisation_step(optimizer, loss, step, args)
         ema.update(model)
         for key in ("loss", "mse", "vb"):
             running[key] = running.get(key, 0.0) + float(losses[key].mean())
