@@ -35,9 +35,20 @@ def test_tiny_sweep_end_to_end(tmp_path, tiny_bundle_dir):
     out = tmp_path / "sweep"
     args = ["--bundle", str(tiny_bundle_dir), "--out", str(out), "--methods", "unguided,vanilla,nonrobust@x0+adam",
             "--scales", "1,4", "--modes", "conditional,unconditional", "--per-class", "2", "--replicates", "2",
-            "--respacing", "2", "--no-progress", "--json"]
+            "--respacing", "2", "--no-progress", "--json", "--paired", "vanilla:unguided"]
     rows = json.loads(run_module("train.evaluate", *args).stdout)
     reference, body = rows[0]["reference"], rows[1:]
+    # paired differences: vanilla minus the one unguided row of its mode, replicate by replicate
+    paired = rows[0]["paired"]
+    assert {(e["mode"], e["scale"]) for e in paired} == {(m, s) for m in ("conditional", "unconditional") for s in (1, 4)}
+    for e in paired:
+        v = next(r for r in body if r["method"] == "vanilla" and r["mode"] == e["mode"] and r["scale"] == e["scale"])
+        u = next(r for r in body if r["method"] == "unguided" and r["mode"] == e["mode"])
+        diff = np.array(v["fid_values"]) - np.array(u["fid_values"])
+        assert abs(e["fid"] - diff.mean()) < 1e-9 and abs(e["fid_std"] - diff.std(ddof=1)) < 1e-9
+        assert e["fid_wins"] == int((diff < 0).sum())
+        acc = np.array(v["accuracy_values"]) - np.array(u["accuracy_values"])
+        assert e["accuracy_wins"] == int((acc > 0).sum())
     assert {(r["method"], r["mode"]) for r in body} == {
         (m, mode) for m in ("unguided", "vanilla", "nonrobust@x0+adam") for mode in ("conditional", "unconditional")}
     for r in body:
@@ -49,10 +60,13 @@ def test_tiny_sweep_end_to_end(tmp_path, tiny_bundle_dir):
         assert len(list(csv.DictReader(fh))) == len(body)
     assert (out / "metrics_by_scale.png").stat().st_size > 1000
     assert "Best scale per method" in (out / "results.md").read_text()
+    assert "vanilla minus unguided, paired by seed set (unconditional)" in (out / "results.md").read_text()
     # resumable: a second run samples nothing new and reports the same numbers
     cached = sorted(p.name for p in (out / "cache").rglob("rep*.npz"))
     rows_again = json.loads(run_module("train.evaluate", *args).stdout)
     assert sorted(p.name for p in (out / "cache").rglob("rep*.npz")) == cached
+    bad = run_module("train.evaluate", *args, "--paired", "robust:vanilla", check=False)
+    assert bad.returncode != 0 and "--paired 'robust:vanilla'" in bad.stderr
     assert [r["fid"] for r in rows_again[1:]] == [r["fid"] for r in body]
 
 

@@ -21,11 +21,12 @@ TINY_DENOISER = ["--num-channels", "32", "--num-res-blocks", "1", "--channel-mul
 TINY_CLASSIFIER = ["--width", "32", "--depth", "1", "--channel-mult", "1,2", "--attention-resolutions", "14"]
 
 
-def run_module(module: str, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_module(module: str, *args: str, env: dict | None = None, timeout: int = 300,
+               check: bool = True) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{module} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0 or not check, f"{module} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return proc
 
 

@@ -12,7 +12,8 @@ held-out real images:
 - improved precision / recall (k = 3), with the real-vs-real baseline beside them;
 - class accuracy: the judge's agreement with the requested class.
 
-Tables report mean ± standard deviation over replicates. Samples are cached per
+Tables report mean ± standard deviation over replicates; ``--paired A:B`` adds A minus B
+replicate by replicate (the same seeds for both, so the pairing cancels the seed-set noise). Samples are cached per
 configuration and replicate under ``OUT/cache``, so an interrupted sweep resumes where it
 stopped; ``torchrun`` shards the seeds of each batch over processes.
 
@@ -52,6 +53,7 @@ from engine.metrics import (InceptionV3Features, JudgeFeatures, class_accuracy, 
 
 from . import common
 
+METRICS = ("fid", "precision", "recall", "accuracy")
 SOURCES = {"x_t": "x_t", "x0": "x0_through_denoiser", "x0_detached": "x0_detached",
            "x0_through_denoiser": "x0_through_denoiser"}
 
@@ -130,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inception-weights", default=None, help="pt_inception-2015-12-05-6726825d.pth for --features inception")
     p.add_argument("--data", default="mnist", help="real images: the held-out part of this dataset (default: mnist)")
     p.add_argument("--k", type=int, default=3, help="k of the k-NN precision / recall (default: 3)")
+    p.add_argument("--paired", action="append", default=[], metavar="A:B",
+                   help="also report method A minus method B per replicate (same seeds, so the pairing removes the "
+                        "seed-set noise both share), e.g. --paired robust:vanilla; repeatable")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
@@ -228,7 +233,7 @@ def score_points(points: list[Point], bundle, args) -> list[dict]:
         row: dict[str, Any] = {"method": p.method, "mode": p.mode, "scale": p.scale,
                                "effective_scale": p.config.scale, "key": p.key,
                                "n_per_replicate": len(labels), "replicates": args.replicates}
-        for metric in ("fid", "precision", "recall", "accuracy"):
+        for metric in METRICS:
             values = np.array([q[metric] for q in per_rep], dtype=np.float64)
             row[metric] = float(values.mean())
             row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
@@ -263,7 +268,7 @@ def markdown(rows: list[dict], args) -> str:
             lines.append(f"| {method} | {best['effective_scale']:g} | {fmt(best, 'fid')} | {fmt(best, 'precision')} | "
                          f"{fmt(best, 'recall')} | {fmt(best, 'accuracy')} |")
         scales = sorted({r["scale"] for r in mode_rows if r["method"] != "unguided"})
-        for metric in ("fid", "precision", "recall", "accuracy"):
+        for metric in METRICS:
             lines += ["", f"#### {metric} by scale ({mode})", "",
                       "| method | " + " | ".join(f"s={s:g}" for s in scales) + " |",
                       "|---|" + "---|" * len(scales)]
@@ -274,7 +279,65 @@ def markdown(rows: list[dict], args) -> str:
                     cells.append(fmt(hit[0], metric) if hit else "")
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += paired_markdown(rows[0].get("paired", []))
     return "\n".join(lines)
+
+
+def parse_pairs(texts: list[str], methods: list[str]) -> list[tuple[str, str]]:
+    """``A:B`` strings to method pairs, both of which must be in the sweep."""
+    pairs = []
+    for text in texts:
+        a, sep, b = text.partition(":")
+        if not sep or a not in methods or b not in methods or a == b:
+            raise SystemExit(f"--paired {text!r}: expected A:B with two different methods of --methods ({', '.join(methods)})")
+        pairs.append((a, b))
+    return pairs
+
+
+def paired_differences(rows: list[dict], pairs: list[tuple[str, str]]) -> list[dict]:
+    """Per scale and mode, method A minus method B for each metric, replicate by replicate.
+
+    Replicate r of every method uses the same seeds and labels, so the differences are paired:
+    their mean equals the difference of the means, and their spread (sample std over
+    replicates) excludes the variation of the seed sets that both methods share. ``wins`` counts
+    the replicates where A is better (lower FID, higher precision / recall / accuracy). An
+    ``unguided`` B is the same row at every scale.
+    """
+    out = []
+    for a, b in pairs:
+        for mode in dict.fromkeys(r["mode"] for r in rows):
+            for ra in (r for r in rows if r["method"] == a and r["mode"] == mode):
+                hits = [r for r in rows if r["method"] == b and r["mode"] == mode
+                        and (r["scale"] == ra["scale"] or b == "unguided")]
+                if not hits:
+                    continue
+                entry: dict[str, Any] = {"a": a, "b": b, "mode": mode, "scale": ra["scale"]}
+                for metric in METRICS:
+                    diff = np.array(ra[f"{metric}_values"]) - np.array(hits[0][f"{metric}_values"])
+                    better = diff < 0 if metric == "fid" else diff > 0
+                    entry[metric] = float(diff.mean())
+                    entry[f"{metric}_std"] = float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
+                    entry[f"{metric}_wins"] = int(better.sum())
+                    entry["replicates"] = len(diff)
+                out.append(entry)
+    return out
+
+
+def paired_markdown(entries: list[dict]) -> list[str]:
+    lines: list[str] = []
+    for a, b, mode in dict.fromkeys((e["a"], e["b"], e["mode"]) for e in entries):
+        sel = [e for e in entries if (e["a"], e["b"], e["mode"]) == (a, b, mode)]
+        lines += [f"### {a} minus {b}, paired by seed set ({mode})", "",
+                  "Mean ± std over replicates of the per-replicate difference; in brackets, replicates where "
+                  f"{a} is better.", "",
+                  "| metric | " + " | ".join(f"s={e['scale']:g}" for e in sel) + " |", "|---|" + "---|" * len(sel)]
+        for metric in METRICS:
+            digits = 2 if metric == "fid" else 3
+            cells = [f"{e[metric]:+.{digits}f} ± {e[metric + '_std']:.{digits}f} ({e[metric + '_wins']}/{e['replicates']})"
+                     for e in sel]
+            lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def write_outputs(rows: list[dict], args) -> None:
@@ -328,15 +391,18 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m.strip() for m in args.modes.split(",")]
     if any(m not in ("conditional", "unconditional") for m in modes):
         raise SystemExit("--modes takes conditional and/or unconditional")
+    methods = [m.strip() for m in args.methods.split(",")]
+    pairs = parse_pairs(args.paired, methods)
     info = common.setup_distributed(args.device)
     try:
         bundle = open_from_args(args, str(info.device))
         if "unconditional" in modes and bundle.null_label is None and bundle.denoiser.num_classes is not None:
             raise SystemExit("--modes unconditional needs a denoiser trained with a null label")
-        points = build_points([m.strip() for m in args.methods.split(",")], scales, modes, bundle)
+        points = build_points(methods, scales, modes, bundle)
         sample_points(points, bundle, args, info)
         if info.is_main:
             rows = score_points(points, bundle, args)
+            rows[0]["paired"] = paired_differences(rows[1:], pairs)
             write_outputs(rows, args)
             print(json.dumps(rows, indent=1) if args.json else markdown(rows, args))
     finally:
