@@ -223,7 +223,7 @@ def score_points(points: list[Point], bundle, args) -> list[dict]:
         per_rep = []
         for r in range(args.replicates):
             data = np.load(args.out / "cache" / p.key / f"rep{r}.npz")
-            images = torch.from_numpy(data["images"])
+            images = torch.from_numpy(data["images"]).clamp(-1, 1)  # the last step may overshoot by float error
             labels = torch.from_numpy(data["labels"])
             feats = extract_features(extractor, _batches(images, 250))
             pr = precision_recall(real_feats, feats, k=args.k, real_radii=radii)
