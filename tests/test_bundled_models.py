@@ -70,3 +70,19 @@ def test_guided_samples_show_the_class(bundle):
     with torch.no_grad():
         pred = bundle.judge(res.images["robust"]).argmax(-1)
     assert (pred == torch.tensor(labels)).float().mean() >= 0.7
+
+
+def test_shipped_lab_defaults_are_valid_columns(bundle):
+    """bundle.json's lab section (the sweep-chosen defaults) is what the lab's column table
+    starts from, every row parses, and Adam keeps its own smaller scale."""
+    from app.columns import default_rows
+    from app.inputs import COLUMN_HEADERS, read_columns
+
+    rows = default_rows(bundle)
+    shipped = bundle.manifest["lab"]["columns"]
+    assert rows == [[entry[h] for h in COLUMN_HEADERS] for entry in shipped]
+    read_columns({"headers": COLUMN_HEADERS, "data": rows})
+    ticked = {row[1] for row in rows if row[0]}
+    assert {"vanilla", "robust"} <= ticked
+    adam = [row for row in rows if row[6] == "adam"]
+    assert adam and all(row[4] < 1.0 for row in adam)
