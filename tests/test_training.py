@@ -141,3 +141,28 @@ def test_bad_data_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "train.classifier", "--out", str(tmp_path / "x"), "--data",
                            str(single), "--steps", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "single class" in proc.stderr
+
+
+def test_bundle_set_changes_defaults_and_lab_section(tmp_path, tiny_bundle_dir):
+    import shutil
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle_dir, folder)
+    lab = {"columns": [{"run": True, "column": "robust", "method": "classifier", "guide": "robust", "scale": 3.0,
+                        "source": "x_t", "stabiliser": "none"}], "steps": 20}
+    (tmp_path / "lab.json").write_text(json.dumps(lab))
+    run_module("train.bundle", "set", "--bundle", str(folder), "--lab", str(tmp_path / "lab.json"))
+    run_module("train.bundle", "set", "--bundle", str(folder), "--name", "robust", "--default-scale", "0.5")
+    manifest = json.loads((folder / "bundle.json").read_text())
+    assert manifest["lab"] == lab and manifest["guides"]["robust"]["default_scale"] == 0.5
+    # bad input: a clear message, and bundle.json untouched
+    before = (folder / "bundle.json").read_text()
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "shape.json").write_text(json.dumps({"columns": [{"run": True}]}))
+    for args, message in ((["--lab", str(tmp_path / "broken.json")], "is not valid JSON"),
+                          (["--lab", str(tmp_path / "shape.json")], "'columns' must be a list"),
+                          (["--name", "nope", "--default-scale", "1"], "no guide 'nope'"),
+                          ([], "nothing to set")):
+        proc = run_module("train.bundle", "set", "--bundle", str(folder), *args, check=False)
+        assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr)
+    assert (folder / "bundle.json").read_text() == before

@@ -19,7 +19,8 @@ Examples::
     python -m train.bundle add --role guide --name vanilla --file runs/vanilla/model.pt --default-scale 1
     python -m train.bundle add --role guide --name robust --file runs/robust/model.pt --default-scale 2
     python -m train.bundle add --role judge --file runs/judge/model.pt
-    python -m train.bundle set --name robust --default-scale 2 --lab lab_defaults.json
+    python -m train.bundle set --name robust --default-scale 2
+    python -m train.bundle set --lab lab_defaults.json
     python -m train.bundle show --markdown
 """
 
@@ -167,12 +168,11 @@ def add(args: argparse.Namespace) -> None:
                      indent=1))
 
 
-def markdown(manifest: dict[str, Any]) -> str:
-    """The manifest's figures as README tables."""
+def markdown(manifest: dict[str, Any], folder: Path = DEFAULT_BUNDLE_DIR) -> str:
+    """The manifest's figures as README tables (model files read from ``folder``)."""
     lines = ["| model | file | parameters | training | time |", "|---|---|---|---|---|"]
     entries = [("denoiser", manifest.get("denoiser"))] + list(manifest.get("guides", {}).items()) + \
         [("judge", manifest.get("judge"))]
-    folder = DEFAULT_BUNDLE_DIR
     for name, entry in entries:
         if not entry:
             continue
@@ -204,6 +204,28 @@ def markdown(manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+LAB_COLUMN_KEYS = ("run", "column", "method", "guide", "scale", "source", "stabiliser")
+
+
+def read_lab_section(path: Path) -> dict[str, Any]:
+    """The lab's defaults from a JSON file: ``{"columns": [{run, column, method, guide, scale,
+    source, stabiliser}, ...], "steps": N, ...}``; checked for shape here (the lab checks the
+    values when it loads them and falls back to its generic columns if they do not parse)."""
+    try:
+        lab = json.loads(path.read_text())
+    except OSError as exc:
+        raise SystemExit(f"--lab: cannot read {path}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"--lab: {path} is not valid JSON ({exc})") from None
+    columns = lab.get("columns") if isinstance(lab, dict) else None
+    if columns is not None and not (isinstance(columns, list) and all(
+            isinstance(c, dict) and set(LAB_COLUMN_KEYS) <= set(c) for c in columns)):
+        raise SystemExit(f"--lab: 'columns' must be a list of objects with the keys {', '.join(LAB_COLUMN_KEYS)}")
+    if not isinstance(lab, dict) or ("steps" in lab and not isinstance(lab["steps"], int)):
+        raise SystemExit("--lab: expected a JSON object (keys: columns, steps, gallery)")
+    return lab
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.bundle", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -223,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--skip-measure", action="store_true", help="copy only (figures measured later)")
     d = sub.add_parser("set", help="change a guide's defaults (scale, source, description) without re-measuring")
     d.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE_DIR)
-    d.add_argument("--name", required=True, help="guide name")
+    d.add_argument("--name", default=None, help="guide name (needed for --default-scale / --default-source / --description)")
     d.add_argument("--default-scale", type=float, default=None)
     d.add_argument("--default-source", default=None)
     d.add_argument("--description", default=None)
@@ -234,20 +256,25 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.command == "show":
         manifest = read_manifest(args.bundle)
-        print(markdown(manifest) if args.markdown else json.dumps(manifest, indent=1))
+        print(markdown(manifest, args.bundle) if args.markdown else json.dumps(manifest, indent=1))
         return 0
     if args.command == "set":
         manifest = read_manifest(args.bundle)
-        if args.name not in manifest.get("guides", {}):
-            raise SystemExit(f"no guide {args.name!r} in {args.bundle}; guides: {sorted(manifest.get('guides', {}))}")
-        entry = manifest["guides"][args.name]
-        for key in ("default_scale", "default_source", "description"):
-            if getattr(args, key) is not None:
-                entry[key] = getattr(args, key)
+        changes = {key: getattr(args, key) for key in ("default_scale", "default_source", "description")
+                   if getattr(args, key) is not None}
+        if not changes and args.lab is None:
+            raise SystemExit("nothing to set: give --default-scale, --default-source, --description or --lab")
+        if changes:
+            if args.name not in manifest.get("guides", {}):
+                raise SystemExit(f"--name: no guide {args.name!r} in {args.bundle}; guides: "
+                                 f"{sorted(manifest.get('guides', {}))}")
+            manifest["guides"][args.name].update(changes)
         if args.lab is not None:
-            manifest["lab"] = json.loads(args.lab.read_text())
+            manifest["lab"] = read_lab_section(args.lab)
         write_manifest(args.bundle, manifest)
-        print(json.dumps({k: v for k, v in entry.items() if k != "figures"}, indent=1))
+        print(json.dumps({k: v for k, v in manifest.items() if k in ("guides", "lab")}
+                         if not changes else {k: v for k, v in manifest["guides"][args.name].items() if k != "figures"},
+                         indent=1))
         return 0
     add(args)
     return 0
