@@ -290,18 +290,29 @@ def test_analytics_are_off_whatever_the_environment(monkeypatch):
 @pytest.mark.parametrize("host, survey, password, public, refused", [
     ("0.0.0.0", True, None, False, True),       # raters could open the lab
     ("192.168.1.5", True, None, False, True),
+    ("0.0.0.0", False, None, False, True),      # no survey: still the whole network
+    ("::", False, None, False, True),
+    ("127.example.com", True, None, False, True),  # a name that merely starts with 127.
+    ("127.0.0.1.nip.io.invalid", False, None, False, True),
+    ("::ffff:192.168.1.5", False, None, False, True),
     ("0.0.0.0", True, "pw", False, False),      # lab behind its password
-    ("0.0.0.0", False, None, False, False),     # no survey, no raters
+    ("0.0.0.0", False, "pw", False, False),
     ("0.0.0.0", True, None, True, False),       # explicitly public
+    ("0.0.0.0", False, None, True, False),
     ("127.0.0.1", True, None, False, False),    # only this machine reaches it
-    ("localhost", True, None, False, False),
+    ("127.1.2.3", False, None, False, False),
+    ("::1", True, None, False, False),
+    ("[::1]", True, None, False, False),
+    ("::ffff:127.0.0.1", True, None, False, False),
+    ("localhost", True, None, False, False),    # a name: decided by what it resolves to
 ])
-def test_raters_cannot_reach_an_open_lab(host, survey, password, public, refused):
+def test_the_lab_is_never_open_to_the_network_without_a_password(host, survey, password, public, refused):
     from app.__main__ import check_lab_exposure
 
     if refused:
-        with pytest.raises(SystemExit, match="--lab-password"):
+        with pytest.raises(SystemExit, match="--lab-password") as info:
             check_lab_exposure(host, survey, password, public)
+        assert "--public-lab" in str(info.value) and "127.0.0.1" in str(info.value)
     else:
         check_lab_exposure(host, survey, password, public)
 
@@ -313,6 +324,8 @@ def test_main_refuses_a_public_lab_before_loading_models(monkeypatch):
 
     with pytest.raises(SystemExit, match="Refusing to serve the lab"):
         main(["--host", "0.0.0.0", "--bundle", "/nonexistent"])
+    with pytest.raises(SystemExit, match="Refusing to serve the lab"):
+        main(["--host", "0.0.0.0", "--no-survey", "--bundle", "/nonexistent"])
 
 
 def test_no_models_message_says_how_to_point_at_a_bundle(tmp_path, monkeypatch):
