@@ -78,6 +78,16 @@ def test_steps_reject_absurd_counts_and_check_respacing(tiny_bundle):
             parse_steps(tiny_bundle, bad, "", 1000)
     with pytest.raises(LabInputError, match="at most 50"):
         parse_steps(tiny_bundle, 60, "", 50)
+    # one bound, the real one, whichever side is out of range
+    for bad in (0, 100000):
+        with pytest.raises(LabInputError) as info:
+            parse_steps(tiny_bundle, bad, "", 1000)
+        assert f"steps must lie between 1 and 1000, got {bad} (the models' process has 1000 steps)" == str(info.value)
+    for bad in (0, 60):
+        with pytest.raises(LabInputError) as info:
+            parse_steps(tiny_bundle, bad, "", 50)
+        assert str(info.value) == f"steps must lie between 1 and 50, got {bad} (this server allows at most 50, " \
+                                  "--max-steps)"
     with pytest.raises(LabInputError, match="respacing"):
         parse_steps(tiny_bundle, 5, "ddimx", 1000)
 
