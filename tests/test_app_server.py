@@ -267,7 +267,14 @@ def test_upload_is_checked_and_converted(client, tmp_path):
 
     text = tmp_path / "notes.png"
     text.write_text("not an image at all")
-    assert "not a readable image" in error_of(client, handle_file(str(text)), api_name="/inspector_upload")
+    client.predict("3", 2, api_name="/inspector_pick")  # a gallery image was chosen before
+    preview, note, _ = client.predict(handle_file(str(text)), api_name="/inspector_upload")
+    assert preview is None and "Upload refused" in note and "not a readable image" in note
+    # the run refuses instead of silently using the earlier image (or gallery image 0)
+    message = error_of(client, "3", "0", ["vanilla"], 0, False, api_name="/inspect")
+    assert "your upload was refused" in message and "not a readable image" in message
+    client.predict("3", 2, api_name="/inspector_pick")  # picking an image again clears the refusal
+    assert len(rows(client.predict("3", "0", ["vanilla"], 0, False, api_name="/inspect")[1])) == 1
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image at all")
     assert "Invalid file type" in error_of(client, handle_file(str(notes)), api_name="/attack_upload")
