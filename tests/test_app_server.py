@@ -286,6 +286,17 @@ def test_upload_is_checked_and_converted(client, tmp_path):
     assert status.startswith("uploaded 60x40 RGB image") and len(rows(table)) == 1
 
 
+def test_targeted_attack_starts_at_a_radius_for_the_models_image_size(lab):
+    from engine.inspect import scaled_attack_eps
+
+    config = httpx.get(lab + "/config", timeout=30).json()
+    eps = [c for c in config["components"] if c.get("props", {}).get("elem_id") == "attack-eps"]
+    assert len(eps) == 1
+    # the paper's L2 radius 100 on 3x128x128 images, at the same change per pixel on the 1x28x28 tiny bundle
+    assert eps[0]["props"]["value"] == scaled_attack_eps((1, 28, 28)) == 12.6
+    assert scaled_attack_eps((3, 128, 128)) == 100.0 and scaled_attack_eps((3, 64, 64)) == 50.0
+
+
 def test_targeted_attack(client):
     client.predict("all classes", 0, api_name="/attack_pick")
     picture, table, status = client.predict("7", "L2", 100.0, 3, 0, ["vanilla", "robust"], api_name="/attack")
