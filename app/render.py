@@ -14,7 +14,7 @@ import torch
 
 from engine import viz
 from engine.inspect import AttackRecord, GradientRecord
-from engine.lab_support import StabilityRow, evenly_spaced, perturbation
+from engine.lab_support import GRADIENT_PROBLEMS, StabilityRow, evenly_spaced, gradient_problems, perturbation
 from engine.sampler import SampleResult
 
 DISPLAY_PIXELS = 112  # small images are upscaled (nearest) to about this size
@@ -48,29 +48,63 @@ def show_uint8(images: torch.Tensor) -> np.ndarray:
     return viz.upscale(arr, upscale_factor(arr.shape[1]))
 
 
+STAMPS = {"not finite": "NaN/inf", "zero, x0 clipped": "zero", "zero": "zero", "constant": "flat"}
+
+
+def stamp(picture: np.ndarray, problem: str) -> np.ndarray:
+    """A gradient tile with the word of its ``problem`` (see
+    :func:`engine.lab_support.gradient_problems`) written across it, so a black or grey
+    tile is never left unexplained."""
+    if not problem:
+        return picture
+    from PIL import Image, ImageDraw, ImageFont
+
+    tile = Image.fromarray(np.ascontiguousarray(picture))
+    draw = ImageDraw.Draw(tile)
+    size = max(9, min(14, tile.width // 5))
+    font = ImageFont.load_default(size=size)
+    text = STAMPS.get(problem, problem)
+    width = int(font.getlength(text))
+    x, y = max(1, (tile.width - width) // 2), max(1, (tile.height - size) // 2)
+    draw.rectangle((x - 3, y - 2, x + width + 3, y + size + 3), fill=(255, 236, 179))
+    draw.text((x, y), text, fill=(170, 40, 0), font=font)
+    return np.asarray(tile)
+
+
+def problem_notes(found: Mapping[str, list[str]]) -> list[str]:
+    """One line per problem seen: its stamp, why, and where (e.g. 'seed 2 at t=999')."""
+    lines = []
+    for problem, where in found.items():
+        shown = ", ".join(where[:6]) + (f" and {len(where) - 6} more" if len(where) > 6 else "")
+        lines.append(f"'{STAMPS[problem]}' tiles ({shown}): {GRADIENT_PROBLEMS[problem]}")
+    return lines
+
+
 def row(images: np.ndarray) -> np.ndarray:
     """Tile (N, H, W, 3) pictures in one row."""
     return viz.grid(images, ncols=len(images), padding=2)
 
 
 def labelled_stack(items: Sequence[Caption], padding: int = 6) -> np.ndarray:
-    """Stack pictures vertically, each under a one-line caption, on white: one figure
-    that reads like the paper's (rows = methods)."""
+    """Stack pictures vertically, each under its caption (one line, or several separated
+    by newlines; lines after the first are notes, drawn in a warning colour), on white:
+    one figure that reads like the paper's (rows = methods)."""
     from PIL import Image, ImageDraw, ImageFont
 
     if not items:
         return np.full((24, 240, 3), 255, np.uint8)
     font = ImageFont.load_default(size=13)
     band = 20
-    text_widths = [int(font.getlength(caption)) for _, caption in items]
+    text_widths = [int(font.getlength(line)) for _, caption in items for line in caption.split("\n")]
     width = max(max(p.shape[1] for p, _ in items), max(text_widths)) + 2 * padding
-    height = sum(p.shape[0] + band + padding for p, _ in items) + padding + LABEL_MARGIN
+    height = sum(p.shape[0] + band * len(c.split("\n")) + padding for p, c in items) + padding + LABEL_MARGIN
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     y = padding + LABEL_MARGIN
     for picture, caption in items:
-        draw.text((padding, y + 3), caption, fill=(20, 20, 20), font=font)
-        y += band
+        for i, line in enumerate(caption.split("\n")):
+            draw.text((padding, y + 3), line, fill=(20, 20, 20) if i == 0 else (170, 40, 0), font=font)
+            y += band
         canvas.paste(Image.fromarray(np.ascontiguousarray(picture)), (padding, y))
         y += picture.shape[0] + padding
     return np.asarray(canvas)
@@ -165,11 +199,23 @@ def filmstrip_gallery(result: SampleResult, kind: str, frames: int, signed: bool
         flat = stacked.flatten(0, 1)
         small = DISPLAY_PIXELS // 2
         pictures = show(flat, small) if kind == "pred_x0" else show_gradients(flat, signed, small)
+        notes: list[str] = []
+        if kind != "pred_x0":
+            through_x0 = config.method == "classifier" and config.gradient_source.startswith("x0")
+            x0 = torch.stack([s.pred_x0[:rows].float() for s in picked], dim=1).flatten(0, 1) if through_x0 else None
+            problems = gradient_problems(flat, x0)
+            found: dict[str, list[str]] = {}
+            for i, problem in enumerate(problems):
+                if problem:
+                    pictures[i] = stamp(pictures[i], problem)
+                    r, f = divmod(i, len(picked))
+                    found.setdefault(problem, []).append(f"seed {result.seeds[r]} at t={picked[f].timestep:g}")
+            notes = problem_notes(found)
         picture = viz.grid(pictures, ncols=len(picked), padding=2)
         steps = ", ".join(f"{s.timestep:g}" for s in picked)
         what = "predicted x0" if kind == "pred_x0" else f"{gradient} gradient ({'signed' if signed else 'min-max'})"
         seeds = ", ".join(str(s) for s in result.seeds[:rows])
-        items.append((picture, f"{config.name}: {what} at t = {steps} (rows: seeds {seeds})"))
+        items.append((picture, "\n".join([f"{config.name}: {what} at t = {steps} (rows: seeds {seeds})", *notes])))
     return items
 
 
@@ -357,10 +403,12 @@ def inspector_outputs(records: Sequence[GradientRecord], class_names: Sequence[s
         for g in guides:
             r = at_t[g]
             pred = class_names[r.prediction] if r.prediction < len(class_names) else str(r.prediction)
-            row.append(show_gradients(r.grad[None], signed)[0])
+            problem = gradient_problems(r.grad[None])[0]
+            row.append(stamp(show_gradients(r.grad[None], signed)[0], problem))
             captions.append(f"-> {pred} ({r.confidence:.0%})")
             table.append({"t": t, "guide": g, "prediction": pred, "confidence": round(r.confidence, 4),
-                          "log p(class)": round(r.log_prob, 4)})
+                          "log p(class)": round(r.log_prob, 4),
+                          "gradient map": f"{STAMPS[problem]}: {GRADIENT_PROBLEMS[problem]}" if problem else "shown"})
         cells.append(row)
         row_labels.append(f"t={t}")
         cell_labels.append(captions)

@@ -252,6 +252,52 @@ def test_inspector_and_attack_pictures(tiny_bundle):
     assert picture.shape[1] > 3 * 112 and frame.loc[0, "‖δ‖₂"] <= 2.0 + 1e-3
 
 
+def test_gradient_problems_say_why_a_map_is_blank():
+    from engine.lab_support import gradient_problems
+
+    grads = torch.randn(5, 1, 4, 4)
+    grads[1] = 0.0
+    grads[2] = 0.0
+    grads[3, 0, 1, 1] = float("nan")
+    grads[4] = 0.25
+    x0 = torch.rand(5, 1, 4, 4) * 2 - 1
+    x0[2] = torch.where(torch.randn(1, 4, 4) >= 0, 1.0, -1.0)  # every pixel at +-1: fully clipped
+    assert gradient_problems(grads, x0) == ["", "zero", "zero, x0 clipped", "not finite", "constant"]
+    assert gradient_problems(grads) == ["", "zero", "zero", "not finite", "constant"]
+
+
+def test_blank_gradient_tiles_are_marked_and_explained(traced_run, tiny_bundle):
+    import copy
+
+    from engine.inspect import GradientRecord
+
+    # as on the bundled models at t = 999: the column guided through x0 has an exactly zero gradient at the
+    # first step, because the predicted x0 is clipped to +-1 at every pixel (nothing flows back through the clip)
+    first = traced_run.traces["nr adam"].snapshots[0]
+    assert not first.grad_raw.any() and bool((first.pred_x0.abs() >= 1).all())
+    items = render.filmstrip_gallery(traced_run, "gradient", frames=4)
+    captions = {item[1].split(":")[0]: item[1] for item in items}
+    assert f"'zero' tiles (seed 0 at t={first.timestep:g}, seed 1 at t={first.timestep:g}): the gradient is " \
+           "exactly 0: every pixel of the predicted x0 is at the clip limit +-1" in captions["nr adam"]
+    assert "\n" not in captions["vanilla"]  # nothing to explain there: one caption line
+    zero_tile = items[1][0][:56, :56]  # first row (seed 0), first frame
+    assert len(np.unique(zero_tile.reshape(-1, 3), axis=0)) > 2  # not a plain black square: the word is on it
+    # a gradient that overflowed somewhere is marked too
+    run = copy.deepcopy(traced_run)
+    last = run.traces["vanilla"].snapshots[-1]
+    last.grad_raw[0, 0, 0, 0] = float("nan")
+    broken = {item[1].split(":")[0]: item[1] for item in render.filmstrip_gallery(run, "gradient", frames=4)}
+    assert f"'NaN/inf' tiles (seed 0 at t={last.timestep:g}): the gradient has NaN" in broken["vanilla"]
+    picture, caption = items[1]
+    one_line = render.labelled_stack([(picture, caption.split("\n")[0])])
+    assert render.labelled_stack([(picture, caption)]).shape[0] > one_line.shape[0]  # the note line is drawn
+    # the inspector marks and explains the same way
+    record = GradientRecord("vanilla", 999, torch.zeros(1, 28, 28), torch.zeros(1, 28, 28), -0.1, 3, 0.9,
+                            torch.full((10,), 0.1))
+    _, frame = render.inspector_outputs([record], tiny_bundle.class_names, signed=False)
+    assert frame.loc[0, "gradient map"].startswith("zero: the gradient is exactly 0")
+
+
 def test_describe_markdown_names_every_guide(tiny_bundle):
     text = render.describe_markdown(tiny_bundle.describe())
     for name in ("vanilla", "robust", "nonrobust", "828,034", "null label 10"):
