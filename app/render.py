@@ -259,14 +259,23 @@ def _figure_legend(fig: Any, axes: Sequence[Any], handles: Sequence[Any] | None 
             return
 
 
-def _band(ax: Any, x: Sequence[float], stats: Mapping[str, list[float]], label: str, color: Any) -> bool:
-    mean = np.asarray(stats["mean"], dtype=float)
-    std = np.asarray(stats["std"], dtype=float)
-    if not np.isfinite(mean).any():
+SPREAD = "median, band: middle half of the batch"
+
+
+def _band(ax: Any, x: Sequence[float], stats: Mapping[str, list[float]], label: str, color: Any,
+          log: bool = False) -> bool:
+    """The batch median over the steps, and the band between its quartiles (inside the
+    data's range, so on a log axis it never fills down to the axis as mean - std can).
+    ``log``: leave out non-positive values (a zero norm has no place on a log axis)."""
+    middle = np.asarray(stats["median"], dtype=float)
+    low, high = np.asarray(stats["q25"], dtype=float), np.asarray(stats["q75"], dtype=float)
+    if log:
+        middle, low, high = (np.where(v > 0, v, np.nan) for v in (middle, low, high))
+    if not np.isfinite(middle).any():
         return False
     x = np.asarray(x, dtype=float)
-    ax.plot(x, mean, label=label, color=color, lw=1.6, marker="o" if len(x) <= 12 else None, ms=3)
-    ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.18, lw=0)
+    ax.plot(x, middle, label=label, color=color, lw=1.6, marker="o" if len(x) <= 12 else None, ms=3)
+    ax.fill_between(x, low, high, where=np.isfinite(low) & np.isfinite(high), color=color, alpha=0.18, lw=0)
     return True
 
 
@@ -288,7 +297,7 @@ def _colors(n: int) -> list[Any]:
 
 def log_prob_figure(result: SampleResult) -> np.ndarray:
     """log p(target | x_t) over the timesteps, one panel per monitored classifier, one
-    line (mean ± std over the batch) per column. Without monitors: each column's own guide."""
+    line (batch median, quartile band) per column. Without monitors: each column's own guide."""
     summaries = {c.name: result.traces[c.name].summary() for c in result.configs if c.name in result.traces}
     monitors = list(dict.fromkeys(k.split(":", 1)[1] for s in summaries.values() for k in s
                                   if k.startswith("monitor:")))
@@ -303,7 +312,7 @@ def log_prob_figure(result: SampleResult) -> np.ndarray:
                 drawn |= _band(ax, s["timestep"], s[key], config.name, color)
         title = (f"log p(y | x_t) by {key.split(':', 1)[1]}" if key != "log_prob"
                  else "log p(y | guide input), own guide")
-        _time_axis(ax, title, "log p(y | x_t)")
+        _time_axis(ax, title, f"log p(y | x_t) ({SPREAD.split(',')[0]})")
         if not drawn:
             ax.text(0.5, 0.5, "no classifier in this run", ha="center", va="center", transform=ax.transAxes)
     _figure_legend(fig, axes)
@@ -313,12 +322,12 @@ def log_prob_figure(result: SampleResult) -> np.ndarray:
 def stability_figure(result: SampleResult, gradient: str = "raw",
                      rows: Sequence[StabilityRow] | None = None) -> np.ndarray:
     """GradCheck's view on one figure: per column, the cosine similarity between
-    consecutive guidance gradients and the gradient norm over the timesteps (mean ± std
-    over the batch), and, given ``rows`` (:func:`engine.lab_support.column_stability`),
+    consecutive guidance gradients and the gradient norm over the timesteps (batch
+    median, band between the quartiles; the norm on a log axis), and, given ``rows`` (:func:`engine.lab_support.column_stability`),
     the judge's class accuracy of the final images (± its binomial standard error)."""
     cos_key, norm_key = ("cos_raw", "grad_norm") if gradient == "raw" else ("cos_applied", "applied_norm")
     with_accuracy = rows is not None
-    fig, axes = _new_figure(3 if with_accuracy else 2, height=3.6, ratios=[1, 1, 0.7] if with_accuracy else None)
+    fig, axes = _new_figure(3 if with_accuracy else 2, height=3.6, ratios=[1, 1, 0.8] if with_accuracy else None)
     ax_cos, ax_norm = axes[0], axes[1]
     colors = _colors(len(result.configs))
     drawn = False
@@ -328,9 +337,9 @@ def stability_figure(result: SampleResult, gradient: str = "raw",
             continue
         s = trace.summary()
         drawn |= _band(ax_cos, s["timestep"], s[cos_key], config.name, color)
-        _band(ax_norm, s["timestep"], s[norm_key], config.name, color)
-    _time_axis(ax_cos, f"cos(g_t, g_t+1), {gradient} gradient", "cosine similarity")
-    _time_axis(ax_norm, f"‖g‖, {gradient} gradient", "L2 norm")
+        _band(ax_norm, s["timestep"], s[norm_key], config.name, color, log=True)
+    _time_axis(ax_cos, f"cos(g_t, g_t+1), {gradient} gradient", "cosine similarity (median)")
+    _time_axis(ax_norm, f"‖g‖, {gradient} gradient", "L2 norm (median)")
     if drawn:
         ax_norm.set_yscale("log")
     else:
@@ -351,27 +360,30 @@ def _patch(color: Any, label: str) -> Any:
 
 
 def _accuracy_panel(ax: Any, result: SampleResult, rows: Sequence[StabilityRow], colors: Sequence[Any]) -> None:
-    """Bars of the judge's class accuracy per column, with ± one standard error."""
+    """Horizontal bars of the judge's class accuracy per column, with ± one standard
+    error: the column names read in full beside their bars, the values at the bars'
+    ends, nothing over the title."""
     by_name = {r.column: r for r in rows}
     names = [c.name for c in result.configs]
     values = [by_name[n].judge_accuracy if n in by_name else math.nan for n in names]
     errors = [by_name[n].judge_accuracy_se if n in by_name else math.nan for n in names]
-    positions = np.arange(len(names))
+    positions = np.arange(len(names))[::-1]  # the first column on top, as in the legend and the table
     ax.set_title("judge accuracy, final images", fontsize=10)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy (± s.e.)")
-    ax.grid(alpha=0.3, axis="y")
-    ax.set_xticks(positions, [n if len(n) <= 14 else n[:13] + "…" for n in names], rotation=30, ha="right",
-                  fontsize=8)
+    ax.set_xlim(0, 1.32)
+    ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0], ["0", "", "0.5", "", "1"])
+    ax.set_xlabel("accuracy (± s.e.)")
+    ax.set_ylim(-0.6, len(names) - 0.4)
+    ax.grid(alpha=0.3, axis="x")
+    ax.set_yticks(positions, names, fontsize=8)
     if not any(math.isfinite(v) for v in values):
         ax.text(0.5, 0.5, "no judge in these models", ha="center", va="center", transform=ax.transAxes)
         return
-    heights = [v if math.isfinite(v) else 0.0 for v in values]
-    ax.bar(positions, heights, color=colors[:len(names)], yerr=[e if math.isfinite(e) else 0.0 for e in errors],
-           capsize=3, alpha=0.85)
-    for x, v in zip(positions, values):
+    widths = [v if math.isfinite(v) else 0.0 for v in values]
+    spread = [e if math.isfinite(e) else 0.0 for e in errors]
+    ax.barh(positions, widths, color=colors[:len(names)], xerr=spread, capsize=3, alpha=0.85, height=0.7)
+    for y, v, e in zip(positions, values, spread):
         if math.isfinite(v):
-            ax.text(x, min(v + 0.03, 1.0), f"{v:.0%}", ha="center", va="bottom", fontsize=8)
+            ax.text(v + e + 0.03, y, f"{v:.0%}", ha="left", va="center", fontsize=8)
 
 
 # ------------------------------------------------------------------------------ tables
@@ -379,13 +391,44 @@ def _round(value: float, digits: int = 3) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(float(value), digits)
 
 
+def guidance_summary(config: Any) -> str:
+    """A column's guidance in a few words ("guide robust, x_t, s=2"), for narrow tables."""
+    if config.method == "classifier":
+        source = {"x0_through_denoiser": "x0", "x0_detached": "x0 detached"}.get(config.gradient_source,
+                                                                                    config.gradient_source)
+        parts = [f"guide {config.classifier}", source]
+        if config.stabiliser != "none":
+            parts.append(config.stabiliser)
+        parts.append(f"s={config.scale:g}")
+    elif config.method == "cfg":
+        parts = [f"classifier-free, w={config.scale:g}"]
+    else:
+        parts = ["unguided"]
+    if config.denoiser_mode == "unconditional":
+        parts.append("uncond. denoiser")
+    return ", ".join(parts)
+
+
+# widths of the stability table's columns (column, guidance, images, judge accuracy, ± s.e., mean cos,
+# late cos, mean ‖g‖, final log p): together they fit the result column, no horizontal scrolling
+STABILITY_COLUMN_WIDTHS = ["16%", "25%", "8%", "10%", "8%", "8%", "8%", "9%", "8%"]
+
+
 def stability_table(rows: Sequence[StabilityRow]) -> pd.DataFrame:
-    """The stability rows as a table (NaN shown empty)."""
+    """The stability rows as a table narrow enough for the result column (the column's
+    settings in one cell; NaN shown empty)."""
+    from types import SimpleNamespace
+
+    def settings(r: StabilityRow) -> str:
+        return guidance_summary(SimpleNamespace(method=r.method, classifier=r.guide, gradient_source=r.source,
+                                                stabiliser=r.stabiliser or "none", scale=r.scale or 0.0,
+                                                denoiser_mode=r.denoiser_mode))
+
     return pd.DataFrame([{
-        "column": r.column, "method": r.method, "guide": r.guide, "source": r.source, "stabiliser": r.stabiliser,
-        "denoiser": r.denoiser_mode, "scale": _round(r.scale), "images": r.images,
-        "judge accuracy": _round(r.judge_accuracy), "± s.e.": _round(r.judge_accuracy_se), "mean cos": _round(r.mean_cos), "late cos": _round(r.late_cos),
-        "mean ‖g‖": _round(r.mean_grad_norm, 4), "final log p": _round(r.final_log_prob),
+        "column": r.column, "guidance": settings(r), "images": r.images,
+        "judge accuracy": _round(r.judge_accuracy), "± s.e.": _round(r.judge_accuracy_se),
+        "mean cos": _round(r.mean_cos), "late cos": _round(r.late_cos), "mean ‖g‖": _round(r.mean_grad_norm, 4),
+        "final log p": _round(r.final_log_prob),
     } for r in rows])
 
 
@@ -432,7 +475,7 @@ def attack_outputs(records: Sequence[AttackRecord], class_names: Sequence[str], 
         row_labels.append(r.guide)
         cell_labels.append([f"p({name}) {r.target_prob_before:.2f}", f"p({name}) {r.target_prob_after:.2f} -> {pred}",
                             f"L2 {l2:.2f}"])
-        table.append({"guide": r.guide, "target": name, "p(target) before": round(r.target_prob_before, 4),
+        table.append({"guide": r.guide, "p(target) before": round(r.target_prob_before, 4),
                       "p(target) after": round(r.target_prob_after, 4), "prediction after": pred,
                       "steps": r.steps_used, "‖δ‖₂": round(l2, 3), "‖δ‖∞": round(linf, 3)})
     picture = labelled_grid(cells, [f"start (t={records[0].t})", "attacked", "change (signed)"], row_labels,

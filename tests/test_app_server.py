@@ -375,6 +375,14 @@ COLOURS_JS = """sel => { const img = document.querySelector(sel + ' img');
   return seen.size; }"""
 
 
+# scrolling boxes under ``sel`` whose content is wider than the box: a table that needs horizontal
+# scrolling, a gallery that cuts its last column
+OVERFLOW_JS = """sel => [...document.querySelectorAll(sel + ', ' + sel + ' *')].filter(e => {
+  const s = getComputedStyle(e); return s.display !== 'none' && ['auto', 'scroll'].includes(s.overflowX) &&
+  e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1; })
+  .map(e => `${e.tagName}.${e.className}: ${e.scrollWidth} > ${e.clientWidth}`)"""
+
+
 @pytest.mark.browser
 def test_browser_runs_a_side_by_side_sample(lab):
     if not Path(CHROMIUM).exists():
@@ -413,8 +421,14 @@ def test_browser_runs_a_side_by_side_sample(lab):
             assert "2 DDPM steps" in page.inner_text("#sample-status")
             page.wait_for_function("() => document.querySelector('#sample-table').innerText.includes('nonrobust')",
                                    timeout=30000)
-            assert page.inner_text("#sample-table").count("x0_through_denoiser") == 1  # the default three columns
+            assert page.inner_text("#sample-table").count("guide nonrobust, x0") == 1  # the default three columns
+            assert page.evaluate(OVERFLOW_JS, "#sample-table") == []  # every column shows, no scrolling
             page.screenshot(path=str(ARTIFACTS / "lab-side-by-side.png"), full_page=True)
+            page.get_by_role("tab", name="Gradient inspector").click()
+            page.wait_for_function("() => document.querySelectorAll('#inspector-gallery img').length >= 4",
+                                   timeout=30000)
+            assert page.evaluate(OVERFLOW_JS, "#inspector-gallery") == []  # no thumbnail column cut off
+            page.get_by_role("tab", name="Side by side").click()
 
             # a long run shows its progress, and Stop ends it between steps
             page.locator("#sample-steps input").fill("400")

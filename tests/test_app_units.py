@@ -252,6 +252,54 @@ def test_inspector_and_attack_pictures(tiny_bundle):
     assert picture.shape[1] > 3 * 112 and frame.loc[0, "‖δ‖₂"] <= 2.0 + 1e-3
 
 
+def test_plots_draw_quartile_bands_that_stay_inside_the_data(traced_run):
+    summary = traced_run.traces["vanilla"].summary()
+    norms = traced_run.traces["vanilla"].series("grad_norm").double()
+    for i in range(norms.shape[0]):
+        q25, median, q75 = (summary["grad_norm"][k][i] for k in ("q25", "median", "q75"))
+        assert float(norms[i].min()) <= q25 <= median <= q75 <= float(norms[i].max())
+    # mean - std may fall below zero (on a log axis the band then fills down to the axis); quartiles cannot
+    assert min(summary["grad_norm"]["q25"]) > 0
+
+
+def test_accuracy_bars_keep_their_labels_clear_of_the_title_and_uncut(traced_run, tiny_bundle):
+    import copy
+    import dataclasses
+
+    from matplotlib.figure import Figure
+
+    run = copy.copy(traced_run)
+    long_names = ["unguided", "vanilla", "nonrobust x0+adam"]
+    run.configs = [dataclasses.replace(config, name=name) for config, name in zip(run.configs, long_names)]
+    rows = column_stability(traced_run, tiny_bundle.judge)
+    for row, name in zip(rows, long_names):
+        row.column, row.judge_accuracy, row.judge_accuracy_se = name, 1.0, 0.0  # full bars reach the top
+    fig = Figure(figsize=(4, 3.6), dpi=90, layout="constrained")
+    ax = fig.subplots()
+    render._accuracy_panel(ax, run, rows, render._colors(3))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    labels = [t.get_text() for t in ax.get_yticklabels() + ax.get_xticklabels() if t.get_text()]
+    assert set(long_names) <= set(labels)  # names in full, not cut with an ellipsis
+    title = ax.title.get_window_extent(renderer)
+    figure_box = fig.bbox
+    values = [t for t in ax.texts if t.get_text().endswith("%")]
+    assert len(values) == 3
+    for text in [*values, *ax.get_yticklabels()]:
+        box = text.get_window_extent(renderer)
+        assert not box.overlaps(title), text.get_text()
+        assert figure_box.x0 <= box.x0 and box.x1 <= figure_box.x1 and box.y1 <= figure_box.y1, text.get_text()
+
+
+def test_the_stability_table_is_narrow(traced_run, tiny_bundle):
+    frame = render.stability_table(column_stability(traced_run, tiny_bundle.judge))
+    assert len(frame.columns) <= 9
+    assert list(frame["guidance"]) == ["unguided", "guide vanilla, x_t, s=1", "guide nonrobust, x0, adam, s=0.5"]
+
+
 def test_gradient_problems_say_why_a_map_is_blank():
     from engine.lab_support import gradient_problems
 

@@ -78,7 +78,7 @@ def build(state: LabState, concurrency: int) -> View:
                 gallery = gr.Image(label="Per guide: the start, the attacked image and the change (signed)",
                                    format="png", interactive=False, elem_id="attack-gallery")
                 table = gr.Dataframe(label="Probability of the target before and after", interactive=False,
-                                     elem_id="attack-table")
+                                     elem_id="attack-table", wrap=True)
     wire_picker(state, picker, None, "attack")
 
     @user_errors

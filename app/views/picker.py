@@ -90,7 +90,7 @@ def build_picker(state: LabState, prefix: str) -> Picker:
     with gr.Group():
         class_filter = gr.Dropdown([ALL, *names], value=ALL, label="Held-out images of class",
                                    allow_custom_value=True, info="pick a held-out image (never seen in training)")
-        gallery = gr.Gallery(thumbnails(state, ALL), columns=5, height=240, allow_preview=False, format="png",
+        gallery = gr.Gallery(thumbnails(state, ALL), columns=3, height=240, allow_preview=False, format="png",
                              object_fit="contain", label="Held-out gallery", elem_id=f"{prefix}-gallery")
         index = gr.Number(0, precision=0, label="Gallery image #", info="position in the gallery above")
         upload = gr.File(label="…or upload an image (PNG / JPEG; resized to the models' size)",
