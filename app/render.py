@@ -95,15 +95,33 @@ def labelled_stack(items: Sequence[Caption], padding: int = 6) -> np.ndarray:
         return np.full((24, 240, 3), 255, np.uint8)
     font = ImageFont.load_default(size=13)
     band = 20
-    text_widths = [int(font.getlength(line)) for _, caption in items for line in caption.split("\n")]
-    width = max(max(p.shape[1] for p, _ in items), max(text_widths)) + 2 * padding
-    height = sum(p.shape[0] + band * len(c.split("\n")) + padding for p, c in items) + padding + LABEL_MARGIN
+    widest = max(max(p.shape[1] for p, _ in items), 360)
+
+    def lines_of(caption: str) -> list[tuple[str, bool]]:
+        """The title line as it is; note lines wrapped to the pictures' width."""
+        title, *notes = caption.split("\n")
+        out = [(title, False)]
+        for note in notes:
+            line = ""
+            for word in note.split(" "):
+                if line and font.getlength(f"{line} {word}") > widest:
+                    out.append((line, True))
+                    line = word
+                else:
+                    line = f"{line} {word}" if line else word
+            out.append((line, True))
+        return out
+
+    laid_out = [(picture, lines_of(caption)) for picture, caption in items]
+    text_widths = [int(font.getlength(text)) for _, lines in laid_out for text, _ in lines]
+    width = max(widest, max(text_widths)) + 2 * padding
+    height = sum(p.shape[0] + band * len(lines) + padding for p, lines in laid_out) + padding + LABEL_MARGIN
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     y = padding + LABEL_MARGIN
-    for picture, caption in items:
-        for i, line in enumerate(caption.split("\n")):
-            draw.text((padding, y + 3), line, fill=(20, 20, 20) if i == 0 else (170, 40, 0), font=font)
+    for picture, lines in laid_out:
+        for text, is_note in lines:
+            draw.text((padding, y + 3), text, fill=(170, 40, 0) if is_note else (20, 20, 20), font=font)
             y += band
         canvas.paste(Image.fromarray(np.ascontiguousarray(picture)), (padding, y))
         y += picture.shape[0] + padding

@@ -338,7 +338,9 @@ def test_blank_gradient_tiles_are_marked_and_explained(traced_run, tiny_bundle):
     assert f"'NaN/inf' tiles (seed 0 at t={last.timestep:g}): the gradient has NaN" in broken["vanilla"]
     picture, caption = items[1]
     one_line = render.labelled_stack([(picture, caption.split("\n")[0])])
-    assert render.labelled_stack([(picture, caption)]).shape[0] > one_line.shape[0]  # the note line is drawn
+    noted = render.labelled_stack([(picture, caption)])
+    assert noted.shape[0] > one_line.shape[0]  # the note is drawn, wrapped to the picture: no wider figure
+    assert noted.shape[1] == one_line.shape[1]
     # the inspector marks and explains the same way
     record = GradientRecord("vanilla", 999, torch.zeros(1, 28, 28), torch.zeros(1, 28, 28), -0.1, 3, 0.9,
                             torch.full((10,), 0.1))
