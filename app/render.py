@@ -429,7 +429,7 @@ def guidance_summary(config: Any) -> str:
 
 # widths of the stability table's columns (column, guidance, images, judge accuracy, ± s.e., mean cos,
 # late cos, mean ‖g‖, final log p): together they fit the result column, no horizontal scrolling
-STABILITY_COLUMN_WIDTHS = ["16%", "25%", "8%", "10%", "8%", "8%", "8%", "9%", "8%"]
+STABILITY_COLUMN_WIDTHS = ["14%", "22%", "8%", "10%", "8%", "8%", "8%", "10%", "12%"]
 
 
 def stability_table(rows: Sequence[StabilityRow]) -> pd.DataFrame:
