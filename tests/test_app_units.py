@@ -565,7 +565,7 @@ def test_three_way_comparison_runs_in_the_lab_on_the_bundled_models(tmp_path):
     assert any("adam" in n for n in names) and any("ema" in n for n in names)
     table = render_record(record, 2, False, "applied")["table"]
     assert table["judge accuracy"].notna().all()
-    assert table[table["method"] == "classifier"]["mean cos"].notna().all()
+    assert table[table["guidance"].str.startswith("guide ")]["mean cos"].notna().all()
     _, ticked = cols.stability_choices(bundle)
     unconditional = stability_run(state, "test", ticked, ALL_CLASSES, 2, 3, 0, "DDPM", True)
     assert {c.denoiser_mode for c in unconditional.result.configs} == {"unconditional"}
