@@ -12,8 +12,10 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
+import socket
 import sys
 from typing import Sequence
 
@@ -22,12 +24,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ADMIN_ENV = ("RCG_ADMIN_PASSWORD", "SURVEY_ADMIN_PASSWORD")
 LAB_PASSWORD_ENV = "RCG_LAB_PASSWORD"
-LOOPBACK_HOSTS = ("localhost", "::1")
 EPILOG = f"""\
 Pages: the lab at /, the survey's rater pages at /survey/r/<invite>, its results at
 /survey/results (HTTP Basic, the admin password; off without one), /healthz.
-Raters never see the lab: on a non-loopback --host with the survey on, the lab needs
---lab-password / {LAB_PASSWORD_ENV} (or an explicit --public-lab).
+On a non-loopback --host (one that others can reach) the lab needs --lab-password /
+{LAB_PASSWORD_ENV}, survey on or off, or an explicit --public-lab; so raters never see it.
 Privacy: GRADIO_ANALYTICS_ENABLED=False is forced, no share link is ever made, nothing
 is downloaded; checkpoints load with torch.load(weights_only=True).
 """
@@ -47,10 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--queue-size", type=int, default=32, help="jobs that may wait in the queue (default 32)")
     s.add_argument("--lab-password", default=None,
                    help=f"password for the lab pages (any user name); or set {LAB_PASSWORD_ENV}. Keeps survey raters "
-                        "out of the lab; required with the survey on a non-loopback --host unless --public-lab")
+                        "and others out of the lab; required on a non-loopback --host unless --public-lab")
     s.add_argument("--public-lab", action="store_true",
-                   help="serve the lab without a password on a non-loopback --host even with the survey on "
-                        "(anyone who can reach the server, raters included, can then open the lab)")
+                   help="serve the lab without a password on a non-loopback --host (anyone who can reach the "
+                        "server, survey raters included, can then use the lab and its compute)")
     s.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
     add_model_args(p)
     m = p.add_argument_group("device and limits")
@@ -100,19 +101,45 @@ def open_bundle(args: argparse.Namespace):
                          "--preset-set)") from None
 
 
+def _loopback_address(text: str) -> bool:
+    address = ipaddress.ip_address(text.split("%", 1)[0])  # fe80::1%eth0: the zone names an interface
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
 def is_loopback(host: str) -> bool:
-    """True for hosts only this machine can reach (127.x, ::1, localhost)."""
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
+    """True when only this machine can reach ``host``: a loopback address (127.0.0.0/8,
+    ::1), or a name every address of which is one (e.g. localhost). Decided by parsing
+    the address, never by its spelling ("127.example.com" is a name like any other); a
+    name that does not resolve counts as reachable by others."""
+    text = host.strip().strip("[]")
+    try:
+        return _loopback_address(text)
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(text, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return False
+    addresses = {info[4][0] for info in infos}
+    try:
+        return bool(addresses) and all(_loopback_address(a) for a in addresses)
+    except ValueError:
+        return False
 
 
 def check_lab_exposure(host: str, survey_on: bool, lab_password: str | None, public_lab: bool) -> None:
-    """Refuse to show the lab to survey raters: a non-loopback host with the survey on
-    needs a lab password, or ``--public-lab`` to say it is meant."""
-    if survey_on and not lab_password and not public_lab and not is_loopback(host):
-        raise SystemExit(
-            f"Refusing to serve the lab without a password on --host {host} while the survey is on: survey raters "
-            f"could open the lab at /. Set a lab password (--lab-password or {LAB_PASSWORD_ENV}), or pass "
-            "--no-survey, or --public-lab if everyone who reaches this server may use the lab.")
+    """Refuse to serve the lab without a password on a host others can reach (with the
+    survey on, its raters among them) unless ``--public-lab`` says it is meant."""
+    if lab_password or public_lab or is_loopback(host):
+        return
+    who = "survey raters and anyone else who reaches it" if survey_on else "anyone who reaches it"
+    raise SystemExit(
+        f"Refusing to serve the lab without a password on --host {host}, which is not a loopback address: "
+        f"{who} could open the lab at / and run jobs on this machine. Set a lab password (--lab-password or "
+        f"{LAB_PASSWORD_ENV}), use --host 127.0.0.1 to serve only this machine, or pass --public-lab if everyone "
+        "who reaches this server may use the lab.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

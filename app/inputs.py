@@ -141,11 +141,13 @@ def parse_steps(bundle: Bundle, steps: Any, respacing: Any, max_steps: int) -> s
             raise LabInputError(f"respacing {text!r} gives {diffusion.num_timesteps} steps; this server allows at "
                                 f"most {max_steps} (--max-steps)")
         return text
-    n = parse_int(steps, "steps", 1, 10**9)
-    if n > total:
-        raise LabInputError(f"steps must lie between 1 and {total}: the models' process has {total} steps, got {n}")
-    if n > max_steps:
-        raise LabInputError(f"steps: {n} is more than this server allows (at most {max_steps}, --max-steps)")
+    limit = min(total, max_steps)
+    why = f"the models' process has {total} steps" if total <= max_steps else \
+        f"this server allows at most {max_steps}, --max-steps"
+    try:
+        n = parse_int(steps, "steps", 1, limit)
+    except LabInputError as exc:
+        raise LabInputError(f"{exc} ({why})") from None
     return str(n)
 
 

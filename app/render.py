@@ -14,7 +14,7 @@ import torch
 
 from engine import viz
 from engine.inspect import AttackRecord, GradientRecord
-from engine.lab_support import StabilityRow, evenly_spaced, perturbation
+from engine.lab_support import GRADIENT_PROBLEMS, StabilityRow, evenly_spaced, gradient_problems, perturbation
 from engine.sampler import SampleResult
 
 DISPLAY_PIXELS = 112  # small images are upscaled (nearest) to about this size
@@ -48,29 +48,81 @@ def show_uint8(images: torch.Tensor) -> np.ndarray:
     return viz.upscale(arr, upscale_factor(arr.shape[1]))
 
 
+STAMPS = {"not finite": "NaN/inf", "zero, x0 clipped": "zero", "zero": "zero", "constant": "flat"}
+
+
+def stamp(picture: np.ndarray, problem: str) -> np.ndarray:
+    """A gradient tile with the word of its ``problem`` (see
+    :func:`engine.lab_support.gradient_problems`) written across it, so a black or grey
+    tile is never left unexplained."""
+    if not problem:
+        return picture
+    from PIL import Image, ImageDraw, ImageFont
+
+    tile = Image.fromarray(np.ascontiguousarray(picture))
+    draw = ImageDraw.Draw(tile)
+    size = max(9, min(14, tile.width // 5))
+    font = ImageFont.load_default(size=size)
+    text = STAMPS.get(problem, problem)
+    width = int(font.getlength(text))
+    x, y = max(1, (tile.width - width) // 2), max(1, (tile.height - size) // 2)
+    draw.rectangle((x - 3, y - 2, x + width + 3, y + size + 3), fill=(255, 236, 179))
+    draw.text((x, y), text, fill=(170, 40, 0), font=font)
+    return np.asarray(tile)
+
+
+def problem_notes(found: Mapping[str, list[str]]) -> list[str]:
+    """One line per problem seen: its stamp, why, and where (e.g. 'seed 2 at t=999')."""
+    lines = []
+    for problem, where in found.items():
+        shown = ", ".join(where[:6]) + (f" and {len(where) - 6} more" if len(where) > 6 else "")
+        lines.append(f"'{STAMPS[problem]}' tiles ({shown}): {GRADIENT_PROBLEMS[problem]}")
+    return lines
+
+
 def row(images: np.ndarray) -> np.ndarray:
     """Tile (N, H, W, 3) pictures in one row."""
     return viz.grid(images, ncols=len(images), padding=2)
 
 
 def labelled_stack(items: Sequence[Caption], padding: int = 6) -> np.ndarray:
-    """Stack pictures vertically, each under a one-line caption, on white: one figure
-    that reads like the paper's (rows = methods)."""
+    """Stack pictures vertically, each under its caption (one line, or several separated
+    by newlines; lines after the first are notes, drawn in a warning colour), on white:
+    one figure that reads like the paper's (rows = methods)."""
     from PIL import Image, ImageDraw, ImageFont
 
     if not items:
         return np.full((24, 240, 3), 255, np.uint8)
     font = ImageFont.load_default(size=13)
     band = 20
-    text_widths = [int(font.getlength(caption)) for _, caption in items]
-    width = max(max(p.shape[1] for p, _ in items), max(text_widths)) + 2 * padding
-    height = sum(p.shape[0] + band + padding for p, _ in items) + padding + LABEL_MARGIN
+    widest = max(max(p.shape[1] for p, _ in items), 360)
+
+    def lines_of(caption: str) -> list[tuple[str, bool]]:
+        """The title line as it is; note lines wrapped to the pictures' width."""
+        title, *notes = caption.split("\n")
+        out = [(title, False)]
+        for note in notes:
+            line = ""
+            for word in note.split(" "):
+                if line and font.getlength(f"{line} {word}") > widest:
+                    out.append((line, True))
+                    line = word
+                else:
+                    line = f"{line} {word}" if line else word
+            out.append((line, True))
+        return out
+
+    laid_out = [(picture, lines_of(caption)) for picture, caption in items]
+    text_widths = [int(font.getlength(text)) for _, lines in laid_out for text, _ in lines]
+    width = max(widest, max(text_widths)) + 2 * padding
+    height = sum(p.shape[0] + band * len(lines) + padding for p, lines in laid_out) + padding + LABEL_MARGIN
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     y = padding + LABEL_MARGIN
-    for picture, caption in items:
-        draw.text((padding, y + 3), caption, fill=(20, 20, 20), font=font)
-        y += band
+    for picture, lines in laid_out:
+        for text, is_note in lines:
+            draw.text((padding, y + 3), text, fill=(170, 40, 0) if is_note else (20, 20, 20), font=font)
+            y += band
         canvas.paste(Image.fromarray(np.ascontiguousarray(picture)), (padding, y))
         y += picture.shape[0] + padding
     return np.asarray(canvas)
@@ -165,11 +217,23 @@ def filmstrip_gallery(result: SampleResult, kind: str, frames: int, signed: bool
         flat = stacked.flatten(0, 1)
         small = DISPLAY_PIXELS // 2
         pictures = show(flat, small) if kind == "pred_x0" else show_gradients(flat, signed, small)
+        notes: list[str] = []
+        if kind != "pred_x0":
+            through_x0 = config.method == "classifier" and config.gradient_source.startswith("x0")
+            x0 = torch.stack([s.pred_x0[:rows].float() for s in picked], dim=1).flatten(0, 1) if through_x0 else None
+            problems = gradient_problems(flat, x0)
+            found: dict[str, list[str]] = {}
+            for i, problem in enumerate(problems):
+                if problem:
+                    pictures[i] = stamp(pictures[i], problem)
+                    r, f = divmod(i, len(picked))
+                    found.setdefault(problem, []).append(f"seed {result.seeds[r]} at t={picked[f].timestep:g}")
+            notes = problem_notes(found)
         picture = viz.grid(pictures, ncols=len(picked), padding=2)
         steps = ", ".join(f"{s.timestep:g}" for s in picked)
         what = "predicted x0" if kind == "pred_x0" else f"{gradient} gradient ({'signed' if signed else 'min-max'})"
         seeds = ", ".join(str(s) for s in result.seeds[:rows])
-        items.append((picture, f"{config.name}: {what} at t = {steps} (rows: seeds {seeds})"))
+        items.append((picture, "\n".join([f"{config.name}: {what} at t = {steps} (rows: seeds {seeds})", *notes])))
     return items
 
 
@@ -213,14 +277,23 @@ def _figure_legend(fig: Any, axes: Sequence[Any], handles: Sequence[Any] | None 
             return
 
 
-def _band(ax: Any, x: Sequence[float], stats: Mapping[str, list[float]], label: str, color: Any) -> bool:
-    mean = np.asarray(stats["mean"], dtype=float)
-    std = np.asarray(stats["std"], dtype=float)
-    if not np.isfinite(mean).any():
+SPREAD = "median, band: middle half of the batch"
+
+
+def _band(ax: Any, x: Sequence[float], stats: Mapping[str, list[float]], label: str, color: Any,
+          log: bool = False) -> bool:
+    """The batch median over the steps, and the band between its quartiles (inside the
+    data's range, so on a log axis it never fills down to the axis as mean - std can).
+    ``log``: leave out non-positive values (a zero norm has no place on a log axis)."""
+    middle = np.asarray(stats["median"], dtype=float)
+    low, high = np.asarray(stats["q25"], dtype=float), np.asarray(stats["q75"], dtype=float)
+    if log:
+        middle, low, high = (np.where(v > 0, v, np.nan) for v in (middle, low, high))
+    if not np.isfinite(middle).any():
         return False
     x = np.asarray(x, dtype=float)
-    ax.plot(x, mean, label=label, color=color, lw=1.6, marker="o" if len(x) <= 12 else None, ms=3)
-    ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.18, lw=0)
+    ax.plot(x, middle, label=label, color=color, lw=1.6, marker="o" if len(x) <= 12 else None, ms=3)
+    ax.fill_between(x, low, high, where=np.isfinite(low) & np.isfinite(high), color=color, alpha=0.18, lw=0)
     return True
 
 
@@ -242,7 +315,7 @@ def _colors(n: int) -> list[Any]:
 
 def log_prob_figure(result: SampleResult) -> np.ndarray:
     """log p(target | x_t) over the timesteps, one panel per monitored classifier, one
-    line (mean ± std over the batch) per column. Without monitors: each column's own guide."""
+    line (batch median, quartile band) per column. Without monitors: each column's own guide."""
     summaries = {c.name: result.traces[c.name].summary() for c in result.configs if c.name in result.traces}
     monitors = list(dict.fromkeys(k.split(":", 1)[1] for s in summaries.values() for k in s
                                   if k.startswith("monitor:")))
@@ -257,7 +330,7 @@ def log_prob_figure(result: SampleResult) -> np.ndarray:
                 drawn |= _band(ax, s["timestep"], s[key], config.name, color)
         title = (f"log p(y | x_t) by {key.split(':', 1)[1]}" if key != "log_prob"
                  else "log p(y | guide input), own guide")
-        _time_axis(ax, title, "log p(y | x_t)")
+        _time_axis(ax, title, f"log p(y | x_t) ({SPREAD.split(',')[0]})")
         if not drawn:
             ax.text(0.5, 0.5, "no classifier in this run", ha="center", va="center", transform=ax.transAxes)
     _figure_legend(fig, axes)
@@ -267,12 +340,12 @@ def log_prob_figure(result: SampleResult) -> np.ndarray:
 def stability_figure(result: SampleResult, gradient: str = "raw",
                      rows: Sequence[StabilityRow] | None = None) -> np.ndarray:
     """GradCheck's view on one figure: per column, the cosine similarity between
-    consecutive guidance gradients and the gradient norm over the timesteps (mean ± std
-    over the batch), and, given ``rows`` (:func:`engine.lab_support.column_stability`),
+    consecutive guidance gradients and the gradient norm over the timesteps (batch
+    median, band between the quartiles; the norm on a log axis), and, given ``rows`` (:func:`engine.lab_support.column_stability`),
     the judge's class accuracy of the final images (± its binomial standard error)."""
     cos_key, norm_key = ("cos_raw", "grad_norm") if gradient == "raw" else ("cos_applied", "applied_norm")
     with_accuracy = rows is not None
-    fig, axes = _new_figure(3 if with_accuracy else 2, height=3.6, ratios=[1, 1, 0.7] if with_accuracy else None)
+    fig, axes = _new_figure(3 if with_accuracy else 2, height=3.6, ratios=[1, 1, 0.8] if with_accuracy else None)
     ax_cos, ax_norm = axes[0], axes[1]
     colors = _colors(len(result.configs))
     drawn = False
@@ -282,9 +355,9 @@ def stability_figure(result: SampleResult, gradient: str = "raw",
             continue
         s = trace.summary()
         drawn |= _band(ax_cos, s["timestep"], s[cos_key], config.name, color)
-        _band(ax_norm, s["timestep"], s[norm_key], config.name, color)
-    _time_axis(ax_cos, f"cos(g_t, g_t+1), {gradient} gradient", "cosine similarity")
-    _time_axis(ax_norm, f"‖g‖, {gradient} gradient", "L2 norm")
+        _band(ax_norm, s["timestep"], s[norm_key], config.name, color, log=True)
+    _time_axis(ax_cos, f"cos(g_t, g_t+1), {gradient} gradient", "cosine similarity (median)")
+    _time_axis(ax_norm, f"‖g‖, {gradient} gradient", "L2 norm (median)")
     if drawn:
         ax_norm.set_yscale("log")
     else:
@@ -305,27 +378,30 @@ def _patch(color: Any, label: str) -> Any:
 
 
 def _accuracy_panel(ax: Any, result: SampleResult, rows: Sequence[StabilityRow], colors: Sequence[Any]) -> None:
-    """Bars of the judge's class accuracy per column, with ± one standard error."""
+    """Horizontal bars of the judge's class accuracy per column, with ± one standard
+    error: the column names read in full beside their bars, the values at the bars'
+    ends, nothing over the title."""
     by_name = {r.column: r for r in rows}
     names = [c.name for c in result.configs]
     values = [by_name[n].judge_accuracy if n in by_name else math.nan for n in names]
     errors = [by_name[n].judge_accuracy_se if n in by_name else math.nan for n in names]
-    positions = np.arange(len(names))
+    positions = np.arange(len(names))[::-1]  # the first column on top, as in the legend and the table
     ax.set_title("judge accuracy, final images", fontsize=10)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy (± s.e.)")
-    ax.grid(alpha=0.3, axis="y")
-    ax.set_xticks(positions, [n if len(n) <= 14 else n[:13] + "…" for n in names], rotation=30, ha="right",
-                  fontsize=8)
+    ax.set_xlim(0, 1.32)
+    ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0], ["0", "", "0.5", "", "1"])
+    ax.set_xlabel("accuracy (± s.e.)")
+    ax.set_ylim(-0.6, len(names) - 0.4)
+    ax.grid(alpha=0.3, axis="x")
+    ax.set_yticks(positions, names, fontsize=8)
     if not any(math.isfinite(v) for v in values):
         ax.text(0.5, 0.5, "no judge in these models", ha="center", va="center", transform=ax.transAxes)
         return
-    heights = [v if math.isfinite(v) else 0.0 for v in values]
-    ax.bar(positions, heights, color=colors[:len(names)], yerr=[e if math.isfinite(e) else 0.0 for e in errors],
-           capsize=3, alpha=0.85)
-    for x, v in zip(positions, values):
+    widths = [v if math.isfinite(v) else 0.0 for v in values]
+    spread = [e if math.isfinite(e) else 0.0 for e in errors]
+    ax.barh(positions, widths, color=colors[:len(names)], xerr=spread, capsize=3, alpha=0.85, height=0.7)
+    for y, v, e in zip(positions, values, spread):
         if math.isfinite(v):
-            ax.text(x, min(v + 0.03, 1.0), f"{v:.0%}", ha="center", va="bottom", fontsize=8)
+            ax.text(v + e + 0.03, y, f"{v:.0%}", ha="left", va="center", fontsize=8)
 
 
 # ------------------------------------------------------------------------------ tables
@@ -333,13 +409,44 @@ def _round(value: float, digits: int = 3) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(float(value), digits)
 
 
+def guidance_summary(config: Any) -> str:
+    """A column's guidance in a few words ("guide robust, x_t, s=2"), for narrow tables."""
+    if config.method == "classifier":
+        source = {"x0_through_denoiser": "x0", "x0_detached": "x0 detached"}.get(config.gradient_source,
+                                                                                    config.gradient_source)
+        parts = [f"guide {config.classifier}", source]
+        if config.stabiliser != "none":
+            parts.append(config.stabiliser)
+        parts.append(f"s={config.scale:g}")
+    elif config.method == "cfg":
+        parts = [f"classifier-free, w={config.scale:g}"]
+    else:
+        parts = ["unguided"]
+    if config.denoiser_mode == "unconditional":
+        parts.append("uncond. denoiser")
+    return ", ".join(parts)
+
+
+# widths of the stability table's columns (column, guidance, images, judge accuracy, ± s.e., mean cos,
+# late cos, mean ‖g‖, final log p): together they fit the result column, no horizontal scrolling
+STABILITY_COLUMN_WIDTHS = ["14%", "22%", "8%", "10%", "8%", "8%", "8%", "10%", "12%"]
+
+
 def stability_table(rows: Sequence[StabilityRow]) -> pd.DataFrame:
-    """The stability rows as a table (NaN shown empty)."""
+    """The stability rows as a table narrow enough for the result column (the column's
+    settings in one cell; NaN shown empty)."""
+    from types import SimpleNamespace
+
+    def settings(r: StabilityRow) -> str:
+        return guidance_summary(SimpleNamespace(method=r.method, classifier=r.guide, gradient_source=r.source,
+                                                stabiliser=r.stabiliser or "none", scale=r.scale or 0.0,
+                                                denoiser_mode=r.denoiser_mode))
+
     return pd.DataFrame([{
-        "column": r.column, "method": r.method, "guide": r.guide, "source": r.source, "stabiliser": r.stabiliser,
-        "denoiser": r.denoiser_mode, "scale": _round(r.scale), "images": r.images,
-        "judge accuracy": _round(r.judge_accuracy), "± s.e.": _round(r.judge_accuracy_se), "mean cos": _round(r.mean_cos), "late cos": _round(r.late_cos),
-        "mean ‖g‖": _round(r.mean_grad_norm, 4), "final log p": _round(r.final_log_prob),
+        "column": r.column, "guidance": settings(r), "images": r.images,
+        "judge accuracy": _round(r.judge_accuracy), "± s.e.": _round(r.judge_accuracy_se),
+        "mean cos": _round(r.mean_cos), "late cos": _round(r.late_cos), "mean ‖g‖": _round(r.mean_grad_norm, 4),
+        "final log p": _round(r.final_log_prob),
     } for r in rows])
 
 
@@ -357,10 +464,12 @@ def inspector_outputs(records: Sequence[GradientRecord], class_names: Sequence[s
         for g in guides:
             r = at_t[g]
             pred = class_names[r.prediction] if r.prediction < len(class_names) else str(r.prediction)
-            row.append(show_gradients(r.grad[None], signed)[0])
+            problem = gradient_problems(r.grad[None])[0]
+            row.append(stamp(show_gradients(r.grad[None], signed)[0], problem))
             captions.append(f"-> {pred} ({r.confidence:.0%})")
             table.append({"t": t, "guide": g, "prediction": pred, "confidence": round(r.confidence, 4),
-                          "log p(class)": round(r.log_prob, 4)})
+                          "log p(class)": round(r.log_prob, 4),
+                          "gradient map": f"{STAMPS[problem]}: {GRADIENT_PROBLEMS[problem]}" if problem else "shown"})
         cells.append(row)
         row_labels.append(f"t={t}")
         cell_labels.append(captions)
@@ -384,7 +493,7 @@ def attack_outputs(records: Sequence[AttackRecord], class_names: Sequence[str], 
         row_labels.append(r.guide)
         cell_labels.append([f"p({name}) {r.target_prob_before:.2f}", f"p({name}) {r.target_prob_after:.2f} -> {pred}",
                             f"L2 {l2:.2f}"])
-        table.append({"guide": r.guide, "target": name, "p(target) before": round(r.target_prob_before, 4),
+        table.append({"guide": r.guide, "p(target) before": round(r.target_prob_before, 4),
                       "p(target) after": round(r.target_prob_after, 4), "prediction after": pred,
                       "steps": r.steps_used, "‖δ‖₂": round(l2, 3), "‖δ‖∞": round(linf, 3)})
     picture = labelled_grid(cells, [f"start (t={records[0].t})", "attacked", "change (signed)"], row_labels,

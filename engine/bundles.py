@@ -17,6 +17,8 @@ the missing, unexpected and mis-shaped keys and the presets whose layout does fi
 from __future__ import annotations
 
 import json
+import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -64,13 +66,37 @@ def read_weights(path: str | Path) -> dict[str, Any]:
             raise BundleError(f"cannot read {path} as safetensors ({exc}); the file may be truncated") from exc
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's safe unpickler refused an instruction; its own text suggests loading unsafely, which we never do
+        text = str(exc)
+        resave = ("If you made the file, save only tensors: torch.save(model.state_dict(), path), or safetensors. "
+                  "Otherwise ask its author for such a file.")
+        blocked = re.search(r"GLOBAL (\S+) whose module (\S+) is blocked", text)
+        unknown = re.search(r"GLOBAL (\S+) was not an allowed global", text)
+        operand = re.search(r"Unsupported operand (\d+)", text)
+        if blocked:
+            raise BundleError(
+                f"{path} is refused for safety: it contains code, a call of {blocked.group(1)} (module "
+                f"{blocked.group(2)}), that would run while loading. Nothing in it was run. Do not use this file. "
+                + resave) from None
+        if unknown:
+            raise BundleError(
+                f"{path} is refused for safety: it contains a pickled Python object, {unknown.group(1)}, and "
+                "loading objects can run arbitrary code; only tensors and plain values are read. " + resave) from None
+        if operand:
+            raise BundleError(
+                f"{path} is not a PyTorch checkpoint the safe loader can read: it uses pickle instruction "
+                f"{operand.group(1)}, which torch.save never writes. It may be a plain pickle (pickle.dump), a file "
+                "of another format, or damaged. " + resave) from None
+        if "Weights only load failed" in text:
+            named = re.search(r"(?:got|function) (<class '[^']+'>|\S+)", text)
+            what = f" ({named.group(1).strip('<>')})" if named else ""
+            raise BundleError(f"{path} is refused for safety: it contains objects beyond tensors and plain "
+                              f"values{what}, and loading objects can run arbitrary code. " + resave) from None
+        raise BundleError(f"cannot read {path} (not a PyTorch checkpoint: {text[:200]}); the file is probably "
+                          "truncated or of another format; download it again") from None
     except Exception as exc:
         text = str(exc)
-        if "Unsupported global" in text or "Unsupported class" in text:
-            raise BundleError(
-                f"{path} contains Python objects beyond tensors and plain values; it is refused because loading it "
-                "could run arbitrary code. Re-save its state_dict with torch.save(model.state_dict(), path)."
-            ) from exc
         raise BundleError(f"cannot read {path} ({exc.__class__.__name__}: {text[:200]}); the file is probably "
                           "truncated or not a PyTorch checkpoint; download it again") from exc
     if not isinstance(data, dict):
@@ -172,6 +198,22 @@ def load_model_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     data = read_weights(path)
     if data.get("format") != MODEL_FORMAT:
         raise BundleError(f"{path} is not a {MODEL_FORMAT} model file; for published checkpoints use a preset")
+    remake = ("write it again with the python -m train command that made it (or engine.bundles.save_model_file); "
+              "a published checkpoint loads through a preset instead")
+    for key, kind in (("architecture", str), ("config", dict), ("state_dict", dict), ("meta", dict)):
+        if key not in data:
+            if key == "meta":
+                continue
+            raise BundleError(f"{path} is a broken {MODEL_FORMAT} model file: it has no {key!r} entry; {remake}")
+        if not isinstance(data[key], kind):
+            raise BundleError(f"{path} is a broken {MODEL_FORMAT} model file: its {key!r} entry is a "
+                              f"{type(data[key]).__name__}, expected a {kind.__name__}; {remake}")
+    data.setdefault("meta", {})
+    odd = [f"{k} ({type(v).__name__})" for k, v in data["state_dict"].items() if not isinstance(v, torch.Tensor)]
+    if odd:
+        shown = ", ".join(odd[:8]) + (f" ... ({len(odd)} in all)" if len(odd) > 8 else "")
+        raise BundleError(f"{path} is a broken {MODEL_FORMAT} model file: these state_dict values are not tensors: "
+                          f"{shown}; {remake}")
     net = build_network(data["architecture"], data["config"])
     state = {k: v.float() if v.is_floating_point() else v for k, v in data["state_dict"].items()}
     load_into(net, state, str(path))

@@ -4,11 +4,13 @@
   timesteps (one noise draw from ``seed``, shared by all guides) and compute each
   guide's grad_{x_t} log p(y | x_t, t) and prediction (Kawar et al., Figure 3).
 - :func:`targeted_attack`: targeted PGD that maximises log p(target | x_t, t) for each
-  guide, from the same start (Kawar et al., Figure 4: t = 0, L2 eps 100, 7 steps).
+  guide, from the same start (Kawar et al., Figure 4: t = 0, L2 eps 100, 7 steps);
+  :func:`scaled_attack_eps`: that radius for images of another size.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -92,6 +94,21 @@ class AttackRecord:
     target_prob_after: float
     prediction_after: int
     steps_used: int
+
+
+PAPER_ATTACK_EPS = 100.0  # Kawar et al., Figure 4: L2 radius on 3x128x128 ImageNet images in [-1, 1]
+PAPER_IMAGE_SHAPE = (3, 128, 128)
+
+
+def scaled_attack_eps(image_shape: Sequence[int]) -> float:
+    """The paper's L2 radius for images of ``image_shape`` (C, H, W) in [-1, 1], at the
+    same root-mean-square change per pixel: 100 * sqrt(C*H*W / (3*128*128)), rounded to
+    0.1; e.g. 12.6 for 1x28x28 digits (where 100 exceeds the distance between any two
+    images, and the attack returns saturated noise)."""
+    numel = math.prod(int(v) for v in image_shape)
+    if numel <= 0:
+        raise ValueError(f"image shape {tuple(image_shape)} has no pixels")
+    return round(PAPER_ATTACK_EPS * math.sqrt(numel / math.prod(PAPER_IMAGE_SHAPE)), 1)
 
 
 def targeted_attack(bundle: Bundle, image: torch.Tensor, target: int, *, norm: str = "l2", eps: float = 100.0,

@@ -10,7 +10,8 @@
   mean over the second half of the run (the low-noise steps), the mean gradient norm, the final log p(y | x_t) of the
   column's own guide, and the judge's class accuracy of the final images with its
   binomial standard error sqrt(p (1 - p) / n);
-- :func:`perturbation`: what a targeted attack changed (delta and its L2 / Linf norms).
+- :func:`perturbation`: what a targeted attack changed (delta and its L2 / Linf norms);
+- :func:`gradient_problems`: why a gradient map shows nothing (zero, not finite, constant).
 
 Means ignore NaN entries (the first step has no previous gradient; unguided columns
 have no gradient at all) and are NaN when nothing is finite.
@@ -126,4 +127,37 @@ def perturbation(x_start: torch.Tensor, x_adv: torch.Tensor) -> tuple[torch.Tens
     return delta, float(delta.flatten().norm()), float(delta.abs().max()) if delta.numel() else 0.0
 
 
-__all__ = ["StabilityRow", "binomial_se", "column_stability", "evenly_spaced", "perturbation", "record_every_for"]
+GRADIENT_PROBLEMS = {
+    "not finite": "the gradient has NaN or infinite entries (an overflow in the classifier or the denoiser)",
+    "zero, x0 clipped": "the gradient is exactly 0: every pixel of the predicted x0 is at the clip limit +-1 "
+                        "(early, noisy steps), so nothing flows back through the clip",
+    "zero": "the gradient is exactly 0 (e.g. the classifier is certain: p(y) rounds to 1 in float32)",
+    "constant": "the gradient is the same at every pixel, so a min-max map has nothing to show",
+}
+
+
+def gradient_problems(grads: torch.Tensor, pred_x0: torch.Tensor | None = None) -> list[str]:
+    """Per image of (N, C, H, W) ``grads``: ``""`` when its map shows something, else a
+    key of :data:`GRADIENT_PROBLEMS`: "not finite", "zero" ("zero, x0 clipped" when the
+    matching ``pred_x0`` lies at +-1 everywhere, i.e. the gradient went through a fully
+    clipped x0), or "constant"."""
+    g = grads.detach().float().flatten(1)
+    clipped = None
+    if pred_x0 is not None:
+        clipped = (pred_x0.detach().float().flatten(1).abs() >= 1.0).all(dim=1)
+    out = []
+    for i in range(g.shape[0]):
+        row = g[i]
+        if not torch.isfinite(row).all():
+            out.append("not finite")
+        elif not row.any():
+            out.append("zero, x0 clipped" if clipped is not None and bool(clipped[i]) else "zero")
+        elif row.numel() > 1 and bool((row == row[0]).all()):
+            out.append("constant")
+        else:
+            out.append("")
+    return out
+
+
+__all__ = ["GRADIENT_PROBLEMS", "StabilityRow", "binomial_se", "column_stability", "evenly_spaced",
+           "gradient_problems", "perturbation", "record_every_for"]

@@ -135,8 +135,10 @@ class Trace:
         return torch.stack(values) if values else torch.empty(0)
 
     def summary(self) -> dict[str, Any]:
-        """Per-step mean and standard deviation over the batch of every scalar series
-        (NaN-aware), as plain lists for plotting or JSON."""
+        """Per-step mean and standard deviation, and median and quartiles (``q25``,
+        ``q75``), over the batch of every scalar series (NaN-aware), as plain lists for
+        plotting or JSON. Quartiles stay inside the data's range (a norm's band never
+        reaches below 0, as mean - std can)."""
         out: dict[str, Any] = {"t": list(self.steps), "timestep": list(self.timesteps)}
         names = ["log_prob", "grad_norm", "applied_norm", "cos_raw", "cos_applied"]
         names += [f"monitor:{m}" for m in self.monitor_log_prob]
@@ -148,7 +150,12 @@ class Trace:
             mean = filled.sum(1) / count
             var = (torch.where(finite, (values - mean[:, None]) ** 2, torch.zeros_like(values))).sum(1) / count
             mean = torch.where(finite.any(1), mean, torch.full_like(mean, math.nan))
-            out[name] = {"mean": mean.tolist(), "std": var.sqrt().tolist()}
+            if values.numel():
+                quartiles = torch.nanquantile(values, torch.tensor([0.25, 0.5, 0.75], dtype=values.dtype), dim=1)
+            else:
+                quartiles = torch.full((3, values.shape[0]), math.nan, dtype=values.dtype)
+            out[name] = {"mean": mean.tolist(), "std": var.sqrt().tolist(), "q25": quartiles[0].tolist(),
+                         "median": quartiles[1].tolist(), "q75": quartiles[2].tolist()}
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -28,7 +28,7 @@ def gradient_maps(grads: torch.Tensor, signed: bool = False, eps: float = 1e-12)
     min-max: (g - min g) / (max g - min g) per image (greyscale for one channel);
     signed: one channel (the mean over channels) on a blue-white-red scale, symmetric
     around zero."""
-    g = grads.detach().float().cpu()
+    g = torch.nan_to_num(grads.detach().float().cpu(), nan=0.0, posinf=0.0, neginf=0.0)  # non-finite: shown as 0
     n = g.shape[0]
     if signed:
         v = g.mean(dim=1)

@@ -103,6 +103,39 @@ def error_page(message: str, back: str | None = None) -> str:
     return page("Survey", body)
 
 
+ANSWER_WORDS = {"L": "Left", "R": "Right", "S": "Same"}
+
+BUSY_SCRIPT = """
+var left = RETRY_SECONDS, note = document.getElementById('countdown');
+var again = document.getElementById('again');
+var timer = setInterval(function () {
+  left -= 1;
+  if (note) { note.textContent = String(Math.max(left, 0)); }
+  if (left <= 0) { clearInterval(timer); if (again) { again.requestSubmit ? again.requestSubmit() : again.submit(); }
+                   else { location.reload(); } }
+}, 1000);
+"""
+
+
+def busy_page(retry_after: int, action: str | None = None, fields: dict[str, str] | None = None) -> str:
+    """The server could not write (the database was busy): nothing was saved; the page
+    tries again by itself after ``retry_after`` seconds, re-posting ``fields`` to
+    ``action`` (a form post), or reloading (a page view)."""
+    answer = ANSWER_WORDS.get((fields or {}).get("answer", ""))
+    what = f"Your answer ({answer}) was not saved yet." if answer else "Nothing was changed."
+    form = ""
+    if action is not None:
+        hidden = "".join(f'<input type="hidden" name="{esc(k)}" value="{esc(v)}">' for k, v in (fields or {}).items())
+        form = (f'<form method="post" action="{esc(action)}" id="again">{hidden}'
+                '<button type="submit">Try again now</button></form>')
+    else:
+        form = '<p><a href="">Try again now</a></p>'
+    body = (f'<div class="card error" id="busy"><h1>One moment</h1><p>The survey server is busy. {what} '
+            f'This page tries again by itself in <span id="countdown">{int(retry_after)}</span> s.</p>{form}</div>')
+    js = f"<script>{BUSY_SCRIPT.replace('RETRY_SECONDS', str(int(retry_after)))}</script>"
+    return page("Survey busy", body).replace("</body>", js + "</body>")
+
+
 def landing_page() -> str:
     return page("Survey", '<div class="card"><h1>Image comparison survey</h1><p>Please open the personal link you '
                           'were given.</p></div>')
@@ -166,5 +199,5 @@ New rater links: <input name="count" value="1" size="3"> <button class="secondar
     return page("Survey results", body)
 
 
-__all__ = ["consent_page", "error_page", "finish_page", "landing_page", "markdown_to_html", "pair_page",
+__all__ = ["busy_page", "consent_page", "error_page", "finish_page", "landing_page", "markdown_to_html", "pair_page",
            "results_page"]

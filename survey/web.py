@@ -16,8 +16,11 @@ Routes (relative to the mount point; every link in the pages is relative too):
                                 password compared in constant time; any user name)
     GET  /healthz               liveness probe
 
-Refusals are explicit: 400 malformed request, 401 admin password needed, 403 not your
-pair, 404 unknown token, 409 already answered, 413 request too large, 422 bad answer.
+Refusals are explicit: 400 malformed request (a repeated form field or JSON key
+included), 401 admin password needed, 403 not your pair, 404 unknown token, 409 already
+answered, 413 request too large, 422 bad answer, and 503 with ``Retry-After`` when the
+database stayed locked past its busy timeout (nothing was written; JSON for JSON clients,
+for a browser a page that tries again by itself).
 """
 
 from __future__ import annotations
@@ -35,13 +38,16 @@ from urllib.parse import parse_qs, urlsplit
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from . import flow, pages
-from .db import SurveyDB, open_db
+from .db import SurveyDB, database_busy, open_db
 from .media import MediaError, media_path
 from .models import Study
 
 MAX_BODY_BYTES = 8 * 1024
+RETRY_AFTER_SECONDS = 2
+BUSY_MESSAGE = "the survey database is busy; nothing was saved; send the same request again in a moment"
 # The pages load nothing from elsewhere (inline style and script, images from this app) and
 # may not be framed by another site (clickjacking a rater's answer buttons).
 CONTENT_SECURITY_POLICY = ("default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
@@ -122,6 +128,23 @@ class MalformedRequest(flow.FlowError):
     status = 400
 
 
+def _object_without_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise MalformedRequest(f"each JSON key must be sent once (repeated: {', '.join(repeated)})")
+    return dict(pairs)
+
+
+def _busy_response(request: Request, action: str | None = None, fields: dict[str, str] | None = None) -> Response:
+    """503 + Retry-After: the write lock was held past the busy timeout; nothing was written."""
+    headers = {**SECURITY_HEADERS, "Retry-After": str(RETRY_AFTER_SECONDS)}
+    if _wants_json(request):
+        return JSONResponse({"ok": False, "error": BUSY_MESSAGE, "retry_after": RETRY_AFTER_SECONDS}, 503,
+                            headers=headers)
+    return HTMLResponse(pages.busy_page(RETRY_AFTER_SECONDS, action, fields), 503, headers=headers)
+
+
 async def _vote_fields(request: Request) -> dict[str, str]:
     """impression and answer from a urlencoded form or a JSON object; anything else,
     repeated or extra fields included, is malformed."""
@@ -133,7 +156,7 @@ async def _vote_fields(request: Request) -> dict[str, str]:
         raise MalformedRequest("the request is not UTF-8 text") from None
     if kind == "application/json":
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_object_without_repeated_keys)
         except json.JSONDecodeError:
             raise MalformedRequest("the request body is not valid JSON") from None
         if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
@@ -166,6 +189,14 @@ def create_survey_app(db_url: str | Path, media_dir: str | Path, admin_password:
     app.state.db = db
     app.state.media_dir = media_dir
     app.add_middleware(BodyLimit)
+
+    @app.exception_handler(OperationalError)
+    async def database_error(request: Request, exc: OperationalError) -> Response:
+        if not database_busy(exc):
+            raise exc
+        # a page view reloads itself; a form post (consent) posts again to the same address
+        action = request.url.path.rstrip("/").rsplit("/", 1)[-1] if request.method == "POST" else None
+        return _busy_response(request, action)
 
     # ------------------------------------------------------------------ rater pages
     @app.get("/", response_class=HTMLResponse)
@@ -207,6 +238,10 @@ def create_survey_app(db_url: str | Path, media_dir: str | Path, admin_password:
         try:
             fields = await _vote_fields(request)
             recorded = await _run_sync(flow.record_vote, db, token, fields["impression"], fields["answer"])
+        except OperationalError as exc:
+            if not database_busy(exc):
+                raise
+            return _busy_response(request, "vote", fields)
         except flow.FlowError as exc:
             if as_json:
                 return JSONResponse({"ok": False, "error": exc.message}, exc.status, headers=SECURITY_HEADERS)

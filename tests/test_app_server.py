@@ -137,7 +137,7 @@ def test_side_by_side_sample_returns_every_output(client, tiny_bundle):
     assert all(r["images"] == 2 and r["judge accuracy"] in (0.0, 0.5, 1.0) for r in by_column.values())
     for name in ("vanilla", "robust", "nonrobust x0+adam"):
         assert -1.0 <= by_column[name]["mean cos"] <= 1.0 and by_column[name]["mean ‖g‖"] > 0
-    assert by_column["unguided"]["mean cos"] is None and by_column["nonrobust x0+adam"]["stabiliser"] == "adam"
+    assert by_column["unguided"]["mean cos"] is None and "adam" in by_column["nonrobust x0+adam"]["guidance"]
     by_name = {Path(f).name: f for f in files}
     config = json.loads(Path(by_name["run_config.json"]).read_text())
     assert config["seeds"] == [0, 1] and config["labels"] == [3, 3] and config["respacing"] == "3"
@@ -180,7 +180,9 @@ def test_unconditional_switch_and_classifier_free_column(client):
         assert modes == {"unguided": "unconditional" if unconditional else "conditional",
                          "nonrobust x_t+ema": "unconditional" if unconditional else "conditional",
                          "classifier-free": "conditional"}
-        assert {r["column"]: r["denoiser"] for r in rows(out[5])} == modes
+        shown = {r["column"]: "unconditional" if "uncond. denoiser" in r["guidance"] else "conditional"
+                 for r in rows(out[5])}
+        assert shown == modes
         stems = {"unguided": "01-unguided", "nonrobust x_t+ema": "02-nonrobust_x_t+ema",
                  "classifier-free": "03-classifier-free"}
         runs[unconditional] = {name: np.load(files[f"{stem}.npz"])["arr_0"] for name, stem in stems.items()}
@@ -267,7 +269,14 @@ def test_upload_is_checked_and_converted(client, tmp_path):
 
     text = tmp_path / "notes.png"
     text.write_text("not an image at all")
-    assert "not a readable image" in error_of(client, handle_file(str(text)), api_name="/inspector_upload")
+    client.predict("3", 2, api_name="/inspector_pick")  # a gallery image was chosen before
+    preview, note, _ = client.predict(handle_file(str(text)), api_name="/inspector_upload")
+    assert preview is None and "Upload refused" in note and "not a readable image" in note
+    # the run refuses instead of silently using the earlier image (or gallery image 0)
+    message = error_of(client, "3", "0", ["vanilla"], 0, False, api_name="/inspect")
+    assert "your upload was refused" in message and "not a readable image" in message
+    client.predict("3", 2, api_name="/inspector_pick")  # picking an image again clears the refusal
+    assert len(rows(client.predict("3", "0", ["vanilla"], 0, False, api_name="/inspect")[1])) == 1
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image at all")
     assert "Invalid file type" in error_of(client, handle_file(str(notes)), api_name="/attack_upload")
@@ -277,6 +286,17 @@ def test_upload_is_checked_and_converted(client, tmp_path):
     assert "converted to 28x28 greyscale" in note and png(preview).shape[:2] == (112, 112)
     _, table, status = client.predict("5", "0", ["vanilla"], 0, True, api_name="/inspect")
     assert status.startswith("uploaded 60x40 RGB image") and len(rows(table)) == 1
+
+
+def test_targeted_attack_starts_at_a_radius_for_the_models_image_size(lab):
+    from engine.inspect import scaled_attack_eps
+
+    config = httpx.get(lab + "/config", timeout=30).json()
+    eps = [c for c in config["components"] if c.get("props", {}).get("elem_id") == "attack-eps"]
+    assert len(eps) == 1
+    # the paper's L2 radius 100 on 3x128x128 images, at the same change per pixel on the 1x28x28 tiny bundle
+    assert eps[0]["props"]["value"] == scaled_attack_eps((1, 28, 28)) == 12.6
+    assert scaled_attack_eps((3, 128, 128)) == 100.0 and scaled_attack_eps((3, 64, 64)) == 50.0
 
 
 def test_targeted_attack(client):
@@ -357,6 +377,14 @@ COLOURS_JS = """sel => { const img = document.querySelector(sel + ' img');
   return seen.size; }"""
 
 
+# scrolling boxes under ``sel`` whose content is wider than the box: a table that needs horizontal
+# scrolling, a gallery that cuts its last column
+OVERFLOW_JS = """sel => [...document.querySelectorAll(sel + ', ' + sel + ' *')].filter(e => {
+  const s = getComputedStyle(e); return s.display !== 'none' && ['auto', 'scroll'].includes(s.overflowX) &&
+  e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1; })
+  .map(e => `${e.tagName}.${e.className}: ${e.scrollWidth} > ${e.clientWidth}`)"""
+
+
 @pytest.mark.browser
 def test_browser_runs_a_side_by_side_sample(lab):
     if not Path(CHROMIUM).exists():
@@ -395,8 +423,14 @@ def test_browser_runs_a_side_by_side_sample(lab):
             assert "2 DDPM steps" in page.inner_text("#sample-status")
             page.wait_for_function("() => document.querySelector('#sample-table').innerText.includes('nonrobust')",
                                    timeout=30000)
-            assert page.inner_text("#sample-table").count("x0_through_denoiser") == 1  # the default three columns
+            assert page.inner_text("#sample-table").count("guide nonrobust, x0") == 1  # the default three columns
+            assert page.evaluate(OVERFLOW_JS, "#sample-table") == []  # every column shows, no scrolling
             page.screenshot(path=str(ARTIFACTS / "lab-side-by-side.png"), full_page=True)
+            page.get_by_role("tab", name="Gradient inspector").click()
+            page.wait_for_function("() => document.querySelectorAll('#inspector-gallery img').length >= 4",
+                                   timeout=30000)
+            assert page.evaluate(OVERFLOW_JS, "#inspector-gallery") == []  # no thumbnail column cut off
+            page.get_by_role("tab", name="Side by side").click()
 
             # a long run shows its progress, and Stop ends it between steps
             page.locator("#sample-steps input").fill("400")

@@ -78,6 +78,16 @@ def test_steps_reject_absurd_counts_and_check_respacing(tiny_bundle):
             parse_steps(tiny_bundle, bad, "", 1000)
     with pytest.raises(LabInputError, match="at most 50"):
         parse_steps(tiny_bundle, 60, "", 50)
+    # one bound, the real one, whichever side is out of range
+    for bad in (0, 100000):
+        with pytest.raises(LabInputError) as info:
+            parse_steps(tiny_bundle, bad, "", 1000)
+        assert f"steps must lie between 1 and 1000, got {bad} (the models' process has 1000 steps)" == str(info.value)
+    for bad in (0, 60):
+        with pytest.raises(LabInputError) as info:
+            parse_steps(tiny_bundle, bad, "", 50)
+        assert str(info.value) == f"steps must lie between 1 and 50, got {bad} (this server allows at most 50, " \
+                                  "--max-steps)"
     with pytest.raises(LabInputError, match="respacing"):
         parse_steps(tiny_bundle, 5, "ddimx", 1000)
 
@@ -242,6 +252,102 @@ def test_inspector_and_attack_pictures(tiny_bundle):
     assert picture.shape[1] > 3 * 112 and frame.loc[0, "‖δ‖₂"] <= 2.0 + 1e-3
 
 
+def test_plots_draw_quartile_bands_that_stay_inside_the_data(traced_run):
+    summary = traced_run.traces["vanilla"].summary()
+    norms = traced_run.traces["vanilla"].series("grad_norm").double()
+    for i in range(norms.shape[0]):
+        q25, median, q75 = (summary["grad_norm"][k][i] for k in ("q25", "median", "q75"))
+        assert float(norms[i].min()) <= q25 <= median <= q75 <= float(norms[i].max())
+    # mean - std may fall below zero (on a log axis the band then fills down to the axis); quartiles cannot
+    assert min(summary["grad_norm"]["q25"]) > 0
+
+
+def test_accuracy_bars_keep_their_labels_clear_of_the_title_and_uncut(traced_run, tiny_bundle):
+    import copy
+    import dataclasses
+
+    from matplotlib.figure import Figure
+
+    run = copy.copy(traced_run)
+    long_names = ["unguided", "vanilla", "nonrobust x0+adam"]
+    run.configs = [dataclasses.replace(config, name=name) for config, name in zip(run.configs, long_names)]
+    rows = column_stability(traced_run, tiny_bundle.judge)
+    for row, name in zip(rows, long_names):
+        row.column, row.judge_accuracy, row.judge_accuracy_se = name, 1.0, 0.0  # full bars reach the top
+    fig = Figure(figsize=(4, 3.6), dpi=90, layout="constrained")
+    ax = fig.subplots()
+    render._accuracy_panel(ax, run, rows, render._colors(3))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    labels = [t.get_text() for t in ax.get_yticklabels() + ax.get_xticklabels() if t.get_text()]
+    assert set(long_names) <= set(labels)  # names in full, not cut with an ellipsis
+    title = ax.title.get_window_extent(renderer)
+    figure_box = fig.bbox
+    values = [t for t in ax.texts if t.get_text().endswith("%")]
+    assert len(values) == 3
+    for text in [*values, *ax.get_yticklabels()]:
+        box = text.get_window_extent(renderer)
+        assert not box.overlaps(title), text.get_text()
+        assert figure_box.x0 <= box.x0 and box.x1 <= figure_box.x1 and box.y1 <= figure_box.y1, text.get_text()
+
+
+def test_the_stability_table_is_narrow(traced_run, tiny_bundle):
+    frame = render.stability_table(column_stability(traced_run, tiny_bundle.judge))
+    assert len(frame.columns) <= 9
+    assert list(frame["guidance"]) == ["unguided", "guide vanilla, x_t, s=1", "guide nonrobust, x0, adam, s=0.5"]
+
+
+def test_gradient_problems_say_why_a_map_is_blank():
+    from engine.lab_support import gradient_problems
+
+    grads = torch.randn(5, 1, 4, 4)
+    grads[1] = 0.0
+    grads[2] = 0.0
+    grads[3, 0, 1, 1] = float("nan")
+    grads[4] = 0.25
+    x0 = torch.rand(5, 1, 4, 4) * 2 - 1
+    x0[2] = torch.where(torch.randn(1, 4, 4) >= 0, 1.0, -1.0)  # every pixel at +-1: fully clipped
+    assert gradient_problems(grads, x0) == ["", "zero", "zero, x0 clipped", "not finite", "constant"]
+    assert gradient_problems(grads) == ["", "zero", "zero", "not finite", "constant"]
+
+
+def test_blank_gradient_tiles_are_marked_and_explained(traced_run, tiny_bundle):
+    import copy
+
+    from engine.inspect import GradientRecord
+
+    # as on the bundled models at t = 999: the column guided through x0 has an exactly zero gradient at the
+    # first step, because the predicted x0 is clipped to +-1 at every pixel (nothing flows back through the clip)
+    first = traced_run.traces["nr adam"].snapshots[0]
+    assert not first.grad_raw.any() and bool((first.pred_x0.abs() >= 1).all())
+    items = render.filmstrip_gallery(traced_run, "gradient", frames=4)
+    captions = {item[1].split(":")[0]: item[1] for item in items}
+    assert f"'zero' tiles (seed 0 at t={first.timestep:g}, seed 1 at t={first.timestep:g}): the gradient is " \
+           "exactly 0: every pixel of the predicted x0 is at the clip limit +-1" in captions["nr adam"]
+    assert "\n" not in captions["vanilla"]  # nothing to explain there: one caption line
+    zero_tile = items[1][0][:56, :56]  # first row (seed 0), first frame
+    assert len(np.unique(zero_tile.reshape(-1, 3), axis=0)) > 2  # not a plain black square: the word is on it
+    # a gradient that overflowed somewhere is marked too
+    run = copy.deepcopy(traced_run)
+    last = run.traces["vanilla"].snapshots[-1]
+    last.grad_raw[0, 0, 0, 0] = float("nan")
+    broken = {item[1].split(":")[0]: item[1] for item in render.filmstrip_gallery(run, "gradient", frames=4)}
+    assert f"'NaN/inf' tiles (seed 0 at t={last.timestep:g}): the gradient has NaN" in broken["vanilla"]
+    picture, caption = items[1]
+    one_line = render.labelled_stack([(picture, caption.split("\n")[0])])
+    noted = render.labelled_stack([(picture, caption)])
+    assert noted.shape[0] > one_line.shape[0]  # the note is drawn, wrapped to the picture: no wider figure
+    assert noted.shape[1] == one_line.shape[1]
+    # the inspector marks and explains the same way
+    record = GradientRecord("vanilla", 999, torch.zeros(1, 28, 28), torch.zeros(1, 28, 28), -0.1, 3, 0.9,
+                            torch.full((10,), 0.1))
+    _, frame = render.inspector_outputs([record], tiny_bundle.class_names, signed=False)
+    assert frame.loc[0, "gradient map"].startswith("zero: the gradient is exactly 0")
+
+
 def test_describe_markdown_names_every_guide(tiny_bundle):
     text = render.describe_markdown(tiny_bundle.describe())
     for name in ("vanilla", "robust", "nonrobust", "828,034", "null label 10"):
@@ -290,18 +396,29 @@ def test_analytics_are_off_whatever_the_environment(monkeypatch):
 @pytest.mark.parametrize("host, survey, password, public, refused", [
     ("0.0.0.0", True, None, False, True),       # raters could open the lab
     ("192.168.1.5", True, None, False, True),
+    ("0.0.0.0", False, None, False, True),      # no survey: still the whole network
+    ("::", False, None, False, True),
+    ("127.example.com", True, None, False, True),  # a name that merely starts with 127.
+    ("127.0.0.1.nip.io.invalid", False, None, False, True),
+    ("::ffff:192.168.1.5", False, None, False, True),
     ("0.0.0.0", True, "pw", False, False),      # lab behind its password
-    ("0.0.0.0", False, None, False, False),     # no survey, no raters
+    ("0.0.0.0", False, "pw", False, False),
     ("0.0.0.0", True, None, True, False),       # explicitly public
+    ("0.0.0.0", False, None, True, False),
     ("127.0.0.1", True, None, False, False),    # only this machine reaches it
-    ("localhost", True, None, False, False),
+    ("127.1.2.3", False, None, False, False),
+    ("::1", True, None, False, False),
+    ("[::1]", True, None, False, False),
+    ("::ffff:127.0.0.1", True, None, False, False),
+    ("localhost", True, None, False, False),    # a name: decided by what it resolves to
 ])
-def test_raters_cannot_reach_an_open_lab(host, survey, password, public, refused):
+def test_the_lab_is_never_open_to_the_network_without_a_password(host, survey, password, public, refused):
     from app.__main__ import check_lab_exposure
 
     if refused:
-        with pytest.raises(SystemExit, match="--lab-password"):
+        with pytest.raises(SystemExit, match="--lab-password") as info:
             check_lab_exposure(host, survey, password, public)
+        assert "--public-lab" in str(info.value) and "127.0.0.1" in str(info.value)
     else:
         check_lab_exposure(host, survey, password, public)
 
@@ -313,6 +430,8 @@ def test_main_refuses_a_public_lab_before_loading_models(monkeypatch):
 
     with pytest.raises(SystemExit, match="Refusing to serve the lab"):
         main(["--host", "0.0.0.0", "--bundle", "/nonexistent"])
+    with pytest.raises(SystemExit, match="Refusing to serve the lab"):
+        main(["--host", "0.0.0.0", "--no-survey", "--bundle", "/nonexistent"])
 
 
 def test_no_models_message_says_how_to_point_at_a_bundle(tmp_path, monkeypatch):
@@ -446,7 +565,7 @@ def test_three_way_comparison_runs_in_the_lab_on_the_bundled_models(tmp_path):
     assert any("adam" in n for n in names) and any("ema" in n for n in names)
     table = render_record(record, 2, False, "applied")["table"]
     assert table["judge accuracy"].notna().all()
-    assert table[table["method"] == "classifier"]["mean cos"].notna().all()
+    assert table[table["guidance"].str.startswith("guide ")]["mean cos"].notna().all()
     _, ticked = cols.stability_choices(bundle)
     unconditional = stability_run(state, "test", ticked, ALL_CLASSES, 2, 3, 0, "DDPM", True)
     assert {c.denoiser_mode for c in unconditional.result.configs} == {"unconditional"}

@@ -105,3 +105,127 @@ def test_bundle_describe_and_class_index(tiny_bundle):
         tiny_bundle.class_index(12)
     with pytest.raises(ValueError, match="unknown class"):
         tiny_bundle.class_index("cat")
+
+
+# --------------------------------------------------------------------------- hostile and broken model files
+class _RunsShell:
+    """Pickles into a call of os.system: loading it unsafely would run the command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+class _SomeObject:
+    pass
+
+
+def _assert_refused_for_safety(text: str, offending: str) -> None:
+    assert "refused for safety" in text and offending in text, text
+    # never blame the download, never suggest the unsafe way round
+    for wrong in ("truncated", "download it again", "weights_only=False", "weights_only` set to `False",
+                  "add_safe_globals", "trust"):
+        assert wrong not in text, (wrong, text)
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle protocol 2"])
+def test_a_pickle_that_would_run_code_is_refused_naming_the_global(tmp_path, writer):
+    import os
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pt"
+    if writer == "torch.save":
+        torch.save({"state_dict": {"w": torch.zeros(2)}, "x": _RunsShell(marker)}, path)
+    else:  # a legacy-format pickle; a pickled tensor would be refused first, under its own name
+        path.write_bytes(pickle.dumps({"w": [0.0], "x": _RunsShell(marker)}, protocol=2))
+    with pytest.raises(BundleError) as info:
+        read_weights(path)
+    text = str(info.value)
+    _assert_refused_for_safety(text, f"{os.system.__module__}.system")
+    assert "code" in text and str(path) in text
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("obj, name", [
+    (torch.nn.Linear(2, 2), "torch.nn.modules.linear.Linear"),
+    (_SomeObject(), f"{__name__}._SomeObject"),
+])
+def test_a_pickled_object_is_refused_naming_its_class(tmp_path, obj, name):
+    path = tmp_path / "object.pt"
+    torch.save({"model": obj}, path)
+    with pytest.raises(BundleError) as info:
+        read_weights(path)
+    text = str(info.value)
+    _assert_refused_for_safety(text, name)
+    assert "state_dict()" in text  # says how to re-save it as tensors
+
+
+def test_a_plain_pickle_or_foreign_file_is_not_blamed_on_the_download(tmp_path):
+    path = tmp_path / "plain.pkl"
+    path.write_bytes(pickle.dumps({"w": [1.0, 2.0]}, protocol=5))  # pickle.dump, not torch.save
+    with pytest.raises(BundleError) as info:
+        read_weights(path)
+    text = str(info.value)
+    assert "not a PyTorch checkpoint" in text and "pickle instruction" in text
+    assert "torch.save" in text and "weights_only=False" not in text
+
+
+def _model_file_with(tmp_path, tiny_bundle_dir, change):
+    data = torch.load(tiny_bundle_dir / "judge.pt", weights_only=True)
+    change(data)
+    path = tmp_path / "judge.pt"
+    torch.save(data, path)
+    return path
+
+
+def test_a_state_dict_with_a_non_tensor_value_names_the_key(tmp_path, tiny_bundle_dir):
+    from engine.bundles import load_model_file
+
+    def change(data):
+        data["state_dict"]["fc.weight"] = [1.0, 2.0]
+        data["state_dict"]["extra"] = 3
+
+    path = _model_file_with(tmp_path, tiny_bundle_dir, change)
+    with pytest.raises(BundleError) as info:
+        load_model_file(path)
+    text = str(info.value)
+    assert str(path) in text and "not tensors" in text
+    assert "fc.weight (list)" in text and "extra (int)" in text
+
+
+@pytest.mark.parametrize("key", ["architecture", "config", "state_dict"])
+def test_a_model_file_missing_a_header_entry_says_which(tmp_path, tiny_bundle_dir, key):
+    from engine.bundles import load_model_file
+
+    path = _model_file_with(tmp_path, tiny_bundle_dir, lambda data: data.pop(key))
+    with pytest.raises(BundleError) as info:
+        load_model_file(path)
+    text = str(info.value)
+    assert str(path) in text and f"no {key!r} entry" in text and "python -m train" in text
+
+
+def test_a_model_file_with_a_wrong_header_type_says_which(tmp_path, tiny_bundle_dir):
+    from engine.bundles import load_model_file
+
+    path = _model_file_with(tmp_path, tiny_bundle_dir, lambda data: data.update(config=[1, 2]))
+    with pytest.raises(BundleError, match=r"'config' entry is a list, expected a dict"):
+        load_model_file(path)
+
+
+def test_the_lab_command_line_explains_a_broken_model_file(tmp_path, tiny_bundle_dir):
+    import shutil
+
+    from app.__main__ import main
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle_dir, folder)
+    data = torch.load(folder / "vanilla.pt", weights_only=True)
+    data["state_dict"]["extra"] = "not a tensor"
+    torch.save(data, folder / "vanilla.pt")
+    with pytest.raises(SystemExit) as info:
+        main(["--bundle", str(folder), "--port", "1", "--no-survey"])
+    text = str(info.value)
+    assert "Cannot load the models" in text and "vanilla.pt" in text and "extra (str)" in text

@@ -136,3 +136,53 @@ def test_rater_votes_through_the_survey_in_a_real_browser(served):
         assert s.scalar(select(func.count()).select_from(Vote)) == 6
     assert answers == sorted(["L", "S", "R", "L", "S", "R"])
     assert (ARTIFACTS / "survey-finished.png").stat().st_size > 1000
+
+
+@pytest.fixture()
+def short_busy_timeout(monkeypatch):
+    """SQLite writers give up after 0.2 s instead of 10 s (set before the server's database opens)."""
+    monkeypatch.setenv("RCG_SURVEY_BUSY_TIMEOUT_MS", "200")
+
+
+@pytest.mark.browser
+def test_the_rater_page_tries_again_by_itself_while_the_database_is_busy(short_busy_timeout, served, tmp_path):
+    require_browser()
+    import sqlite3
+
+    from playwright.sync_api import sync_playwright
+
+    base, token, db = served
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 760})
+            problems: list[str] = []  # a script blocked by the Content-Security-Policy shows up here
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" and
+                    "Failed to load resource" not in m.text else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.goto(f"{base}/survey/r/{token}")
+            page.get_by_role("button", name="I agree, start").click()
+            page.wait_for_selector("#progress")
+            assert page.inner_text("#progress") == "1 of 6"
+            lock = sqlite3.connect(tmp_path / "s.db", isolation_level=None, timeout=30)
+            lock.execute("BEGIN IMMEDIATE")  # another writer holds the lock past the busy timeout
+            try:
+                with page.expect_navigation():
+                    page.get_by_role("button", name="Left").click()
+                page.wait_for_selector("#busy")
+                assert "Your answer (Left) was not saved yet" in page.inner_text("#busy")
+                page.screenshot(path=str(ARTIFACTS / "survey-busy.png"))
+                with db.session() as s:
+                    assert s.scalar(select(func.count()).select_from(Vote)) == 0
+            finally:
+                lock.execute("ROLLBACK")
+                lock.close()
+            # nobody clicks: the page posts the answer again by itself and moves on to the next pair
+            page.wait_for_selector("#progress", timeout=60_000)
+            assert page.inner_text("#progress") == "2 of 6"
+            assert problems == []
+        finally:
+            browser.close()
+    with db.session() as s:
+        assert list(s.scalars(select(Vote.answer))) == ["L"]

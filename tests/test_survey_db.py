@@ -11,7 +11,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, select, text
-from sqlalchemy.exc import IntegrityError, StatementError
+from sqlalchemy.exc import IntegrityError, OperationalError, StatementError
 
 from survey.create import SourceImage, StudyPlan, create_study
 from survey.db import SurveyDBError, current_revision, head_revision, open_db, utcnow
@@ -47,6 +47,35 @@ def test_sqlite_pragmas(db):
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
         assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+
+
+def test_busy_timeout_from_the_environment_and_a_held_lock_is_recognised(tmp_path, monkeypatch):
+    from survey.db import BUSY_TIMEOUT_ENV, database_busy
+
+    monkeypatch.setenv(BUSY_TIMEOUT_ENV, "soon")
+    with pytest.raises(SurveyDBError, match=f"{BUSY_TIMEOUT_ENV}='soon': give a whole number of milliseconds"):
+        open_db(tmp_path / "s.db")
+    monkeypatch.setenv(BUSY_TIMEOUT_ENV, "150")
+    database = open_db(tmp_path / "s.db")
+    try:
+        with database.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 150
+        holder = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(OperationalError) as info:
+                with database.session() as session:
+                    session.execute(text("UPDATE raters SET name = name"))
+            assert database_busy(info.value)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        with pytest.raises(OperationalError) as info:
+            with database.session() as session:
+                session.execute(text("SELECT * FROM no_such_table"))
+        assert not database_busy(info.value)
+    finally:
+        database.dispose()
 
 
 def test_unmigrated_database_is_refused_with_advice(tmp_path):

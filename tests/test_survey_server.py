@@ -238,6 +238,11 @@ def test_serve_refuses_oversized_and_malformed_requests_over_http(tmp_path):
         r = rater.client.post(f"/r/{token}/vote", content=b"answer=L", headers={
             "content-type": "application/x-www-form-urlencoded"})
         assert r.status_code == 400
+        # a repeated JSON key is refused like a repeated form field, not read as its last value
+        r = rater.client.post(f"/r/{token}/vote", content=(
+            '{"impression": "%s", "answer": "L", "answer": "R"}' % impression).encode(),
+            headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "repeated: answer" in r.json()["error"]
         assert stored_votes(db) == {}
         assert rater.vote(impression, "L") == 303
     finally:
@@ -249,3 +254,53 @@ def test_serve_refuses_oversized_and_malformed_requests_over_http(tmp_path):
     assert password not in log and base64.b64encode(
         f"admin:{password}".encode()).decode() not in log
     assert "warning" not in log.lower()  # the password came from the environment: no command-line warning
+
+
+def hold_write_lock(db_path: Path):
+    """Another connection that takes SQLite's write lock and keeps it until rolled back."""
+    import sqlite3
+
+    connection = sqlite3.connect(db_path, isolation_level=None, timeout=30)
+    connection.execute("BEGIN IMMEDIATE")
+    return connection
+
+
+def test_a_held_write_lock_answers_503_with_retry_after_and_loses_nothing(tmp_path):
+    db, study_id = make_study(tmp_path, units=6, per_rater=3)
+    tokens = [r.invite_token for r in flow.invite(db, study_id, count=3)]
+    server = Server(tmp_path / "s.db", tmp_path / "media", env={"RCG_SURVEY_BUSY_TIMEOUT_MS": "200"})
+    try:
+        rater, second, third = (Rater(server.url, t, i) for i, t in enumerate(tokens))
+        rater.start()
+        impression = rater.current()
+        second.start()  # consented; its first pair is chosen (a write) on its next page view
+        lock = hold_write_lock(tmp_path / "s.db")
+        try:
+            r = rater.client.post(f"/r/{rater.token}/vote", json={"impression": impression, "answer": "L"})
+            assert r.status_code == 503, r.text
+            assert int(r.headers["retry-after"]) >= 1
+            assert r.json()["ok"] is False and "busy" in r.json()["error"]
+            # a browser's form post: a page that posts the same answer again by itself
+            r = rater.client.post(f"/r/{rater.token}/vote", data={"impression": impression, "answer": "L"})
+            assert r.status_code == 503 and r.headers["content-type"].startswith("text/html")
+            assert int(r.headers["retry-after"]) >= 1
+            assert 'id="busy"' in r.text and "was not saved yet" in r.text
+            assert f'name="impression" value="{impression}"' in r.text and 'name="answer" value="L"' in r.text
+            assert 'action="vote"' in r.text and "requestSubmit" in r.text
+            # a page view that must write, and a consent, are answered the same way
+            r = second.client.get(f"/r/{second.token}")
+            assert r.status_code == 503 and 'id="busy"' in r.text and "location.reload" in r.text
+            r = third.client.post(f"/r/{third.token}/consent")
+            assert r.status_code == 503 and 'action="consent"' in r.text
+            assert stored_votes(db) == {}
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        assert rater.vote(impression, "L") == 303  # the retry goes through once the lock is free
+        assert stored_votes(db) == {impression: "L"}
+        assert second.current() is not None
+        third.start()
+    finally:
+        server.kill()
+        db.dispose()
+    assert "Traceback" not in server.log_path.read_text()

@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from engine.inspect import targeted_attack
+from engine.inspect import scaled_attack_eps, targeted_attack
 
 from .. import render
 from ..errors import user_errors
@@ -19,9 +19,10 @@ from . import View, class_choices
 from .picker import build_picker, chosen_or_default, refresh_outputs, refresh_values, wire_picker
 
 HELP = ("Targeted PGD maximises log p(target | x_t, t) of each guide, from the same image. The paper uses an "
-        "L2 ball of radius 100 with 7 steps at t = 0 (ImageNet 128x128). On 28x28 digits in [-1, 1] no two images "
-        "are more than 56 apart in L2, so eps 100 is effectively unconstrained there; try eps 3-10 to see what a "
-        "small budget does.")
+        "L2 ball of radius 100 with 7 steps at t = 0 on 3x128x128 ImageNet images. **eps** starts at that radius "
+        "scaled to the loaded models' image size at the same change per pixel, 100·√(C·H·W / 49152): 12.6 for "
+        "28x28 digits, where 100 would exceed the distance between any two images and turn every guide's result "
+        "into saturated noise. Smaller radii show what a small budget does.")
 
 
 def attack(state: LabState, chosen: Any, target_value: Any, norm: str, eps: Any, steps: Any, t: Any,
@@ -63,7 +64,9 @@ def build(state: LabState, concurrency: int) -> View:
                                      info="the class the attack pushes every guide towards")
                 with gr.Row():
                     norm = gr.Radio(["L2", "Linf"], value="L2", label="Threat model")
-                    eps = gr.Number(100.0, label="eps", info="radius of the perturbation ball")
+                    eps = gr.Number(scaled_attack_eps(bundle.image_shape), label="eps",
+                                    info="radius of the perturbation ball (default: the paper's, scaled to the "
+                                         "image size)", elem_id="attack-eps")
                 with gr.Row():
                     steps = gr.Number(7, precision=0, label="Steps", info="PGD steps (paper: 7)")
                     t = gr.Number(0, precision=0, label="Timestep",
@@ -75,7 +78,7 @@ def build(state: LabState, concurrency: int) -> View:
                 gallery = gr.Image(label="Per guide: the start, the attacked image and the change (signed)",
                                    format="png", interactive=False, elem_id="attack-gallery")
                 table = gr.Dataframe(label="Probability of the target before and after", interactive=False,
-                                     elem_id="attack-table")
+                                     elem_id="attack-table", wrap=True)
     wire_picker(state, picker, None, "attack")
 
     @user_errors
@@ -88,6 +91,6 @@ def build(state: LabState, concurrency: int) -> View:
     def refresh() -> list[Any]:
         b = state.bundle
         return [*refresh_values(state), gr.update(choices=class_choices(b.class_names), value=b.class_names[-1]),
-                gr.update(choices=list(b.guides), value=list(b.guides))]
+                gr.update(choices=list(b.guides), value=list(b.guides)), scaled_attack_eps(b.image_shape)]
 
-    return View([*refresh_outputs(picker), target, guides], refresh)
+    return View([*refresh_outputs(picker), target, guides, eps], refresh)

@@ -72,7 +72,7 @@ def build(state: LabState) -> View:
             with gr.Column(scale=2):
                 gallery = gr.Image(label="Per timestep: x_t, then each guide's gradient and its prediction",
                                    format="png", interactive=False, elem_id="inspect-gallery")
-                table = gr.Dataframe(label="Predictions", interactive=False, elem_id="inspect-table")
+                table = gr.Dataframe(label="Predictions", interactive=False, elem_id="inspect-table", wrap=True)
     wire_picker(state, picker, class_dd, "inspector")
 
     @user_errors

@@ -66,7 +66,11 @@ def pick(state: LabState, class_filter: Any, position: Any) -> dict[str, Any]:
 
 
 def chosen_or_default(state: LabState, chosen: Any) -> dict[str, Any]:
-    """The chosen image, or the first gallery image when nothing was chosen yet."""
+    """The chosen image, or the first gallery image when nothing was chosen yet; after a
+    refused upload, a refusal (never a silent fall back to another image)."""
+    if isinstance(chosen, dict) and chosen.get("refused"):
+        raise LabInputError(f"your upload was refused ({chosen['refused']}), so there is no image to use; upload a "
+                            "PNG or JPEG image, or pick a held-out image from the gallery")
     if isinstance(chosen, dict) and isinstance(chosen.get("image"), torch.Tensor):
         if tuple(chosen["image"].shape[1:]) == state.bundle.image_shape:
             return chosen
@@ -86,7 +90,7 @@ def build_picker(state: LabState, prefix: str) -> Picker:
     with gr.Group():
         class_filter = gr.Dropdown([ALL, *names], value=ALL, label="Held-out images of class",
                                    allow_custom_value=True, info="pick a held-out image (never seen in training)")
-        gallery = gr.Gallery(thumbnails(state, ALL), columns=5, height=240, allow_preview=False, format="png",
+        gallery = gr.Gallery(thumbnails(state, ALL), columns=3, height=240, allow_preview=False, format="png",
                              object_fit="contain", label="Held-out gallery", elem_id=f"{prefix}-gallery")
         index = gr.Number(0, precision=0, label="Gallery image #", info="position in the gallery above")
         upload = gr.File(label="…or upload an image (PNG / JPEG; resized to the models' size)",
@@ -121,7 +125,15 @@ def wire_picker(state: LabState, picker: Picker, class_dropdown: gr.Dropdown | N
     def on_upload(path):
         if path is None:
             return (gr.skip(), gr.skip(), "", gr.skip())[:keep]
-        image, note_text = load_upload(path, state.bundle)
+        try:
+            image, note_text = load_upload(path, state.bundle)
+        except LabInputError as exc:
+            # forget the previous image too: the next run must not use it (or gallery image 0) silently
+            gr.Warning(f"Upload refused: {exc}")
+            refused = {"refused": str(exc)}
+            note_text = (f"⚠️ **Upload refused:** {exc}. No image is chosen: upload a PNG or JPEG image, or pick one "
+                         "from the gallery.")
+            return (refused, None, note_text, gr.skip())[:keep]
         picked = {"image": image, "label": None, "source": note_text}
         return (picked, preview_of(picked), note_text, gr.skip())[:keep]
 

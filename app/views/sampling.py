@@ -169,7 +169,8 @@ def build(state: LabState, concurrency: int) -> View:
                                           format="png", elem_id="sample-stability", interactive=False)
                 summary = gr.Dataframe(label="Per column (judge accuracy of the final images; cosine and norm "
                                              "averaged over steps and images)", interactive=False,
-                                       elem_id="sample-table")
+                                       elem_id="sample-table", wrap=True,
+                                       column_widths=render.STABILITY_COLUMN_WIDTHS)
                 files = gr.File(label="Downloads: run config, images (.npz, .png), traces (.pt)",
                                 file_count="multiple", interactive=False)
         run_id = gr.State(None)

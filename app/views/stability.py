@@ -1,6 +1,6 @@
 """Gradient stability (GradCheck, Vaeth et al. 2024): for every guide of a run, the
 per-sample cosine similarity between consecutive guidance gradients and the gradient
-norm over the steps (mean ± std over the batch), and the judge's class accuracy of the
+norm over the steps (batch median and quartile band), and the judge's class accuracy of the
 final images."""
 
 from __future__ import annotations
@@ -96,10 +96,11 @@ def build(state: LabState, concurrency: int) -> View:
                         analyse_btn = gr.Button("Analyse", size="sm")
                 status = gr.Markdown("", elem_id="stability-status")
             with gr.Column(scale=2):
-                plot = gr.Image(label="Per column: cosine of consecutive gradients and gradient norm (mean ± std "
-                                      "over the batch), judge accuracy of the final images (± s.e.)",
+                plot = gr.Image(label="Per column: cosine of consecutive gradients and gradient norm (batch median, "
+                                      "band: middle half of the batch), judge accuracy of the final images (± s.e.)",
                                 format="png", interactive=False, elem_id="stability-plot")
-                table = gr.Dataframe(label="Per column", interactive=False, elem_id="stability-table")
+                table = gr.Dataframe(label="Per column", interactive=False, elem_id="stability-table", wrap=True,
+                                     column_widths=render.STABILITY_COLUMN_WIDTHS)
         run_id = gr.State(None)
 
     def arm(request: gr.Request) -> None:
