@@ -140,9 +140,9 @@ def test_stabiliser_state_is_reset_between_trajectories(tiny_bundle):
     stepper = GuidedStepper(b.denoiser, b.diffusion("4"), [config], b.guides)
     x = {"vanilla": torch.randn(1, 1, 28, 28)}
     stepper.step(x, 3, torch.tensor([9]), torch.zeros(1, 1, 28, 28))
-    assert stepper.stabilisers["vanilla"].m is not None
+    assert stepper.columns["vanilla"].stabiliser.m is not None
     stepper.reset()
-    assert stepper.stabilisers["vanilla"].m is None
+    assert stepper.columns["vanilla"].stabiliser.m is None
 
 
 def test_bad_inputs_are_clear_errors(tiny_bundle):
