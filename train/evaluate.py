@@ -17,10 +17,12 @@ replicate by replicate (the same seeds for both, so the pairing cancels the seed
 configuration and replicate under ``OUT/cache``, so an interrupted sweep resumes where it
 stopped; ``torchrun`` shards the seeds of each batch over processes.
 
-Method specs: ``unguided``, ``cfg`` (classifier-free; its scale is the CFG strength),
+Method specs are column specs (``engine/guidance.py``; README, "Column specs") without a
+scale: ``unguided``, ``cfg`` (classifier-free; its scale is the CFG strength),
 ``GUIDE[@SOURCE][+STABILISER]`` with SOURCE one of x_t, x0 (through the denoiser),
 x0_detached and STABILISER adam or ema, e.g. ``nonrobust@x0+adam``; a suffix ``*K`` multiplies
-every scale for that method (Adam's normalised output needs smaller scales: ``nonrobust@x0+adam*0.05``).
+every scale for that method (Adam's normalised output needs smaller scales: ``nonrobust@x0+adam*0.05``);
+``/KEY=VALUE`` sets any other guidance option (``robust/loss=logit``).
 ``--modes conditional,unconditional`` also runs every method with the denoiser's null
 label (GradCheck's setting: an unconditional model steered only by the classifier).
 
@@ -47,15 +49,13 @@ import torch
 
 from engine.cli_options import add_model_args, open_from_args
 from engine.data import load_split
-from engine.guidance import GuidanceConfig
+from engine.guidance import GuidanceConfig, GuidanceSpec
 from engine.metrics import (InceptionV3Features, JudgeFeatures, class_accuracy, extract_features, frechet_distance,
                             precision_recall, real_baseline)
 
 from . import common
 
 METRICS = ("fid", "precision", "recall", "accuracy")
-SOURCES = {"x_t": "x_t", "x0": "x0_through_denoiser", "x0_detached": "x0_detached",
-           "x0_through_denoiser": "x0_through_denoiser"}
 
 
 @dataclass(frozen=True)
@@ -74,31 +74,15 @@ class Point:
 
 
 def method_config(spec: str, scale: float, mode: str, bundle, name: str) -> GuidanceConfig:
-    """Turn a method spec into a guidance config."""
-    spec, _, factor = spec.partition("*")
-    if factor:
-        try:
-            scale = scale * float(factor)
-        except ValueError:
-            raise SystemExit(f"method {spec!r}: the factor after '*' must be a number") from None
-    if spec == "unguided":
-        return GuidanceConfig(name=name, method="unguided", denoiser_mode=mode)
-    if spec == "cfg":
-        return GuidanceConfig(name=name, method="cfg", scale=scale, denoiser_mode="conditional")
-    head, _, stabiliser = spec.partition("+")
-    guide, _, source = head.partition("@")
-    if guide not in bundle.guide_info:
-        raise SystemExit(f"method {spec!r}: unknown guide {guide!r}; this bundle has {sorted(bundle.guide_info)}")
-    if source and source not in SOURCES:
-        raise SystemExit(f"method {spec!r}: source must be one of {sorted(SOURCES)}")
-    if stabiliser and stabiliser not in ("adam", "ema"):
-        raise SystemExit(f"method {spec!r}: stabiliser must be adam or ema")
-    overrides: dict[str, Any] = {"name": name, "scale": scale, "denoiser_mode": mode}
-    if source:
-        overrides["gradient_source"] = SOURCES[source]
-    if stabiliser:
-        overrides["stabiliser"] = stabiliser
-    return bundle.default_config(guide, **overrides)
+    """The guidance config of a method spec (``engine.guidance`` column-spec grammar) at one
+    swept scale and denoiser mode."""
+    try:
+        parsed = GuidanceSpec.parse(spec)
+        if parsed.scale is not None:
+            raise ValueError("give the scales with --scales (use '*K' to multiply them for this method)")
+        return parsed.to_config(bundle.guide_info, scale=scale, denoiser_mode=mode, name=name)
+    except ValueError as exc:
+        raise SystemExit(f"method {spec!r}: {exc}") from None
 
 
 def build_points(methods: list[str], scales: list[float], modes: list[str], bundle) -> list[Point]:

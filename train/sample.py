@@ -11,7 +11,9 @@ Examples::
 
     # vanilla vs robust on the bundled MNIST models
     python -m train.sample --out samples/demo --num-samples 100 --guides vanilla,robust
-    # a config file (a JSON list of engine.guidance.GuidanceConfig dicts)
+    # column specs: robust at scale 2 and the non-robust guide through x0 with Adam
+    python -m train.sample --out samples/specs --guides unguided,robust:2,nonrobust@x0+adam:0.05
+    # a config file (a JSON list of engine.guidance.GuidanceConfig dicts or column specs)
     python -m train.sample --out samples/x0 --configs configs.json --respacing 50 --sampler ddim
     # the paper's ImageNet 128 setting on a GPU, 4 processes
     torchrun --nproc_per_node=4 -m train.sample --out samples/in128 --preset-set imagenet128 \\
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 
 from engine.cli_options import add_model_args, open_from_args
-from engine.guidance import GuidanceConfig, unguided
+from engine.guidance import GuidanceConfig, parse_spec
 from engine.viz import grid, images_to_uint8, save_png, upscale, to_rgb
 
 from . import common
@@ -46,10 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", default="all", help="comma-separated class ids or 'all' (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of image 0 (image i: seed + i)")
     p.add_argument("--guides", default=None,
-                   help="comma-separated guide names, each with its default scale and source; "
-                        "'unguided' adds the plain denoiser (default: unguided + every guide)")
-    p.add_argument("--scale", type=float, default=None, help="override the scale of every --guides config")
-    p.add_argument("--configs", type=Path, default=None, help="JSON list of GuidanceConfig dicts")
+                   help="comma-separated column specs (README, 'Column specs'): guide names, each with its default "
+                        "scale and source, e.g. vanilla,robust:2,nonrobust@x0+adam:0.05; 'unguided' adds the plain "
+                        "denoiser (default: unguided + every guide)")
+    p.add_argument("--scale", type=float, default=None,
+                   help="the scale of every --guides config that does not give one")
+    p.add_argument("--configs", type=Path, default=None,
+                   help="JSON list of GuidanceConfig dicts or column specs")
     p.add_argument("--respacing", default=None, help="e.g. 100, ddim50, 10,15,20 (default: the bundle's)")
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default: 0)")
@@ -59,25 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def configs_from_args(args: argparse.Namespace, bundle) -> list[GuidanceConfig]:
+    """``--configs`` (a JSON list of GuidanceConfig dicts or column specs) or ``--guides``
+    (comma-separated column specs; ``--scale`` replaces the guides' default scales)."""
     if args.configs:
         try:
             raw = json.loads(args.configs.read_text())
-            return [GuidanceConfig.from_dict(c) for c in raw]
+            return [parse_spec(c, bundle.guide_info) if isinstance(c, str) else GuidanceConfig.from_dict(c)
+                    for c in raw]
         except (OSError, json.JSONDecodeError, ValueError, TypeError) as exc:
             raise SystemExit(f"--configs {args.configs}: {exc}") from None
-    names = args.guides.split(",") if args.guides else ["unguided", *bundle.guide_info]
-    configs = []
-    for name in names:
-        name = name.strip()
-        if name == "unguided":
-            configs.append(unguided())
-        else:
-            try:
-                extra = {"scale": args.scale} if args.scale is not None else {}
-                configs.append(bundle.default_config(name, **extra))
-            except ValueError as exc:
-                raise SystemExit(str(exc)) from None
-    return configs
+    specs = args.guides.split(",") if args.guides else ["unguided", *bundle.guide_info]
+    try:
+        return [parse_spec(s, bundle.guide_info, scale=args.scale) for s in specs]
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def parse_classes(text: str, num_classes: int) -> list[int]:
