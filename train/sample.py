@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.cli_options import add_model_args, open_from_args
+from cli.models import add_model_args, open_from_args
 from engine.guidance import GuidanceConfig, parse_spec
 from engine.viz import grid, images_to_uint8, save_png, upscale, to_rgb
 

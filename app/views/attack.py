@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from engine.inspect import targeted_attack
+from engine.probes import targeted_attack
 
 from .. import render
 from ..errors import user_errors
