@@ -27,6 +27,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -35,7 +36,8 @@ from cli.models import add_model_args, open_from_args
 from engine.guidance import GuidanceConfig, parse_spec
 from engine.viz import grid, images_to_uint8, save_png, upscale, to_rgb
 
-from . import common
+from .distributed import DistInfo, gather_shards, run_main
+from .loop import command_line, progress
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,49 +99,58 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.num_samples <= 0 or args.batch_size <= 0:
         raise SystemExit("--num-samples and --batch-size must be positive")
-    info = common.setup_distributed(args.device)
-    try:
-        bundle = open_from_args(args, str(info.device))
-        configs = configs_from_args(args, bundle)
-        classes = parse_classes(args.classes, bundle.num_classes)
-        write_samples(bundle, configs, classes, args, info)
-    finally:
-        common.cleanup_distributed()
+    return run_main(args, run)
+
+
+def run(args: argparse.Namespace, info: DistInfo) -> int:
+    bundle = open_from_args(args, str(info.device))
+    configs = configs_from_args(args, bundle)
+    classes = parse_classes(args.classes, bundle.num_classes)
+    write_samples(bundle, configs, classes, args, info)
     return 0
 
 
-def write_samples(bundle, configs, classes, args, info: common.DistInfo) -> dict[str, Path]:
-    mine = list(range(info.rank, args.num_samples, info.world))
+def sample_indices(bundle, configs: list[GuidanceConfig], batches: Iterable[list[int]], seed_of: Callable[[int], int],
+                   label_of: Callable[[int], int], to_array: Callable[[torch.Tensor], np.ndarray], *,
+                   on_batch: Callable[[list[int]], None] | None = None,
+                   **sample_kwargs: Any) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any] | None]:
+    """Sample image i (seed ``seed_of(i)``, class ``label_of(i)``) for every config, one
+    sampler call per batch of indices; returns the indices, each config's images in that
+    order (``to_array`` of the sampler's output) and the run settings."""
+    done: list[int] = []
     images: dict[str, list[np.ndarray]] = {c.name: [] for c in configs}
     settings = None
-    bar = common.progress(len(mine), 0, info.is_main and not args.no_progress, "sampling images")
-    for start in range(0, len(mine), args.batch_size):
-        idx = mine[start:start + args.batch_size]
-        seeds = [args.seed + i for i in idx]
-        labels = [classes[i % len(classes)] for i in idx]
-        try:
-            result = bundle.sample(configs, labels, seeds, respacing=args.respacing, sampler=args.sampler, eta=args.eta)
-        except ValueError as exc:
-            raise SystemExit(str(exc)) from None
-        settings = result.settings
-        for c in configs:
-            images[c.name].append(images_to_uint8(result.images[c.name]))
-        bar.update(len(idx))
+    for idx in batches:
+        if idx:
+            try:
+                result = bundle.sample(configs, [label_of(i) for i in idx], [seed_of(i) for i in idx], **sample_kwargs)
+            except ValueError as exc:
+                raise SystemExit(str(exc)) from None
+            settings = result.settings
+            done.extend(idx)
+            for c in configs:
+                images[c.name].append(to_array(result.images[c.name]))
+        if on_batch is not None:
+            on_batch(idx)
+    arrays = {name: np.concatenate(parts) if parts else np.zeros((0,)) for name, parts in images.items()}
+    return np.array(done, dtype=np.int64), arrays, settings
+
+
+def write_samples(bundle, configs, classes, args, info: DistInfo) -> dict[str, Path]:
+    mine = list(range(info.rank, args.num_samples, info.world))
+    bar = progress(len(mine), 0, info.is_main and not args.no_progress, "sampling images")
+    indices, arrays, settings = sample_indices(
+        bundle, configs, [mine[s:s + args.batch_size] for s in range(0, len(mine), args.batch_size)],
+        lambda i: args.seed + i, lambda i: classes[i % len(classes)], images_to_uint8,
+        on_batch=lambda idx: bar.update(len(idx)), respacing=args.respacing, sampler=args.sampler, eta=args.eta)
     bar.close()
-    args.out.mkdir(parents=True, exist_ok=True)
-    shard = args.out / f".shard{info.rank}.npz"
-    np.savez(shard, **{f"img_{i}": np.concatenate(images[c.name]) if images[c.name] else np.zeros((0,))
-                       for i, c in enumerate(configs)}, indices=np.array(mine))
-    if info.distributed:
-        torch.distributed.barrier()
+    merged = gather_shards(args.out, "samples", {f"img_{k}": arrays[c.name] for k, c in enumerate(configs)},
+                           indices, info)
     written = {}
-    if info.is_main:
-        shards = [np.load(args.out / f".shard{r}.npz") for r in range(info.world)]
-        order = np.concatenate([s["indices"] for s in shards])
-        rank_of = np.argsort(order)
+    if merged is not None:
         all_labels = np.array([classes[i % len(classes)] for i in range(args.num_samples)], dtype=np.int64)
         for k, c in enumerate(configs):
-            arr = np.concatenate([s[f"img_{k}"] for s in shards if len(s[f"img_{k}"])])[rank_of]
+            arr = merged[f"img_{k}"]
             folder = args.out / c.name
             folder.mkdir(parents=True, exist_ok=True)
             n, h, w, ch = arr.shape
@@ -149,12 +160,10 @@ def write_samples(bundle, configs, classes, args, info: common.DistInfo) -> dict
             save_png(grid(upscale(to_rgb(arr[:100]), factor), ncols=10), folder / "grid.png")
             run = {"config": c.to_dict(), "seeds": [args.seed + i for i in range(args.num_samples)],
                    "labels": all_labels.tolist(), "settings": settings, "bundle": bundle.name,
-                   "command": common.command_line(), "class_names": bundle.class_names}
+                   "command": command_line(), "class_names": bundle.class_names}
             (folder / "run.json").write_text(json.dumps(run, indent=1))
             written[c.name] = path
             print(f"wrote {path}", file=sys.stderr)
-        for r in range(info.world):
-            (args.out / f".shard{r}.npz").unlink(missing_ok=True)
     return written
 
 
