@@ -53,11 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--clean", action="store_true",
                    help="non-robust guide: clean images, no time input (GradCheck's setting)")
     m = parser.add_argument_group("classifier (guided-diffusion EncoderUNetModel)")
-    m.add_argument("--image-size", type=int, default=None, help="model resolution (default: the data's)")
+    loop.add_unet_args(m)
     m.add_argument("--width", type=int, default=32, help="classifier_width (default: 32)")
     m.add_argument("--depth", type=int, default=1, help="classifier_depth: res blocks per level (default: 1)")
-    m.add_argument("--channel-mult", default="1,2,2", help="(default: 1,2,2)")
-    m.add_argument("--attention-resolutions", default="7", help="pixel resolutions with attention (default: 7)")
     m.add_argument("--head-channels", type=int, default=32, help="channels per attention head (default: 32)")
     m.add_argument("--pool", default="attention", choices=["attention", "adaptive", "spatial", "spatial_v2"])
     d = parser.add_argument_group("diffusion process (must match the denoiser)")

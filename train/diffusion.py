@@ -41,11 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m train.diffusion", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     loop.add_common_args(parser)
     m = parser.add_argument_group("denoiser")
-    m.add_argument("--image-size", type=int, default=None, help="model resolution (default: the data's)")
+    loop.add_unet_args(m)
     m.add_argument("--num-channels", type=int, default=32, help="base width (default: 32)")
     m.add_argument("--num-res-blocks", type=int, default=2, help="residual blocks per level (default: 2)")
-    m.add_argument("--channel-mult", default="1,2,2", help="width multiplier per level (default: 1,2,2)")
-    m.add_argument("--attention-resolutions", default="7", help="pixel resolutions with self-attention (default: 7)")
     m.add_argument("--num-heads", type=int, default=4, help="attention heads (default: 4)")
     m.add_argument("--dropout", type=float, default=0.1, help="dropout in residual blocks (default: 0.1)")
     m.add_argument("--learn-sigma", type=int, choices=[0, 1], default=1,

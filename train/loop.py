@@ -186,6 +186,15 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def add_unet_args(group: argparse._ArgumentGroup) -> None:
+    """--image-size / --channel-mult / --attention-resolutions: the layout options the
+    denoiser and the classifier (both guided-diffusion UNets) share."""
+    group.add_argument("--image-size", type=int, default=None, help="model resolution (default: the data's)")
+    group.add_argument("--channel-mult", default="1,2,2", help="width multiplier per level (default: 1,2,2)")
+    group.add_argument("--attention-resolutions", default="7",
+                       help="pixel resolutions with self-attention (default: 7)")
+
+
 def check_common_args(args: argparse.Namespace) -> None:
     if args.steps <= 0:
         raise SystemExit("--steps must be positive")
