@@ -181,7 +181,8 @@ class GuidedStepper:
         """Algorithm 1 (DDPM) / 2 (DDIM) of Dhariwal & Nichol for every column: x_t -> x_{t-1};
         ``noise`` is the shared z."""
         d = self.diffusion
-        t = torch.full((labels.shape[0],), t_index, dtype=torch.long, device=noise.device)
+        x_any = next(iter(x.values()))
+        t = torch.full((x_any.shape[0],), t_index, dtype=torch.long, device=x_any.device)
         evaluations = self.denoise_columns(x, t, labels)
         outputs: dict[str, StepOutput] = {}
         for name, column in self.columns.items():
