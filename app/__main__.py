@@ -35,7 +35,7 @@ is downloaded; checkpoints load with torch.load(weights_only=True).
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from engine.cli_options import add_model_args
+    from cli.models import add_model_args
 
     p = argparse.ArgumentParser(prog="python -m app", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

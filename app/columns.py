@@ -13,10 +13,10 @@ from typing import Any
 import pandas as pd
 
 from engine.bundles import Bundle
+from engine.columns import SHORT_SOURCES
 
 from .inputs import COLUMN_HEADERS, LabInputError, read_columns
 
-SOURCE_LABELS = {"x_t": "x_t", "x0_through_denoiser": "x0", "x0_detached": "x0_detached"}
 PRESETS = {
     "paper": "Paper: time-dependent guides only (vanilla vs robust, Figure 2)",
     "gradcheck": "GradCheck: unguided, every guide, non-robust with Adam / EMA",
@@ -39,7 +39,7 @@ def default_rows(bundle: Bundle) -> list[list[Any]]:
     rows: list[list[Any]] = [[False, "unguided", "unguided", "", 0.0, "", "none"]]
     extras: list[list[Any]] = []
     for name, info in bundle.guide_info.items():
-        source = SOURCE_LABELS.get(info.default_source, info.default_source)
+        source = SHORT_SOURCES.get(info.default_source, info.default_source)
         rows.append([True, name, "classifier", name, info.default_scale, source, "none"])
         if not info.time_dependent:
             extras.append([False, f"{name} x_t", "classifier", name, info.default_scale, "x_t", "none"])

@@ -17,17 +17,12 @@ import numpy as np
 import torch
 
 from engine.bundles import Bundle
-from engine.guidance import STABILISERS, GuidanceConfig
+from engine.columns import STABILISERS, GuidanceConfig, GuidanceSpec, canonical_method, canonical_source
 
 MAX_SEED = 2**63 - 1
 MAX_UPLOAD_PIXELS = 40_000_000  # bigger uploads are refused before they are decoded
 # The column table of the side-by-side and stability views.
 COLUMN_HEADERS = ["run", "column", "method", "guide", "scale", "source", "stabiliser"]
-METHOD_ALIASES = {"classifier": "classifier", "guided": "classifier", "unguided": "unguided", "none": "unguided",
-                  "cfg": "cfg", "classifier-free": "cfg", "classifier_free": "cfg"}
-SOURCE_ALIASES = {"x_t": "x_t", "xt": "x_t", "x0": "x0_through_denoiser", "x0_through_denoiser": "x0_through_denoiser",
-                  "x0 through denoiser": "x0_through_denoiser", "x0_detached": "x0_detached",
-                  "x0 detached": "x0_detached", "": ""}
 TRUE_WORDS = {"true", "yes", "y", "1", "on", "x", "✓"}
 FALSE_WORDS = {"false", "no", "n", "0", "off", ""}
 
@@ -202,6 +197,10 @@ def table_rows(table: Any) -> list[list[Any]]:
     return [list(r) for r in rows]
 
 
+def _cell(value: Any) -> str:
+    return "" if value is None or str(value).strip().lower() == "nan" else str(value).strip()
+
+
 def read_columns(table: Any) -> list[ColumnRow]:
     """Every row of the column table, checked for shape and plain types."""
     rows = []
@@ -213,21 +212,20 @@ def read_columns(table: Any) -> list[ColumnRow]:
         where = f"column table row {i}"
         run = _truthy(raw[0], where)
         name = str(raw[1] or "").strip()
-        method_text = str(raw[2] or "classifier").strip().lower()
-        if method_text not in METHOD_ALIASES:
-            raise LabInputError(f"{where}: method {raw[2]!r} is not one of classifier, unguided, cfg")
-        guide = "" if raw[3] is None or str(raw[3]).strip().lower() == "nan" else str(raw[3]).strip()
+        try:
+            method = canonical_method(raw[2] or "classifier")
+            source_text = _cell(raw[5])
+            source = canonical_source(source_text) if source_text else ""
+        except ValueError as exc:
+            raise LabInputError(f"{where}: {exc}") from None
+        guide = _cell(raw[3])
         scale = parse_float(raw[4] if raw[4] not in (None, "") else 0.0, f"{where}: scale")
-        source_text = "" if raw[5] is None or str(raw[5]).strip().lower() == "nan" else str(raw[5]).strip().lower()
-        if source_text not in SOURCE_ALIASES:
-            raise LabInputError(f"{where}: source {raw[5]!r} is not one of x_t, x0 (through the denoiser), x0_detached")
-        stabiliser = "" if raw[6] is None or str(raw[6]).strip().lower() == "nan" else str(raw[6]).strip().lower()
+        stabiliser = _cell(raw[6]).lower()
         if stabiliser and stabiliser not in STABILISERS:
             raise LabInputError(f"{where}: stabiliser {raw[6]!r} is not one of {', '.join(STABILISERS)}")
         if run and not name:
             raise LabInputError(f"{where}: give the column a name")
-        rows.append(ColumnRow(run, name, METHOD_ALIASES[method_text], guide, scale, SOURCE_ALIASES[source_text],
-                              stabiliser or "none"))
+        rows.append(ColumnRow(run, name, method, guide, scale, source, stabiliser or "none"))
     return rows
 
 
@@ -244,21 +242,16 @@ def configs_from_rows(bundle: Bundle, rows: Iterable[ColumnRow], unconditional: 
             raise LabInputError(f"two columns are named {row.column!r}; names must be unique")
         names.add(row.column)
         try:
-            if row.method == "unguided":
-                configs.append(GuidanceConfig(name=row.column, method="unguided", denoiser_mode=mode))
-            elif row.method == "cfg":
-                if bundle.null_label is None:
-                    raise LabInputError(f"column {row.column!r}: classifier-free guidance needs a denoiser trained "
-                                        "with a null label; this bundle has none")
-                configs.append(GuidanceConfig(name=row.column, method="cfg", scale=row.scale))
-            else:
-                if row.guide not in bundle.guides:
-                    raise LabInputError(f"column {row.column!r}: guide {row.guide!r} is not loaded; guides: "
-                                        f"{', '.join(sorted(bundle.guides)) or 'none'}")
-                source = row.source or bundle.guide_info[row.guide].default_source
-                configs.append(bundle.default_config(row.guide, name=row.column, scale=row.scale,
-                                                     gradient_source=source, stabiliser=row.stabiliser,
-                                                     denoiser_mode=mode))
+            if row.method == "cfg" and bundle.null_label is None:
+                raise LabInputError(f"column {row.column!r}: classifier-free guidance needs a denoiser trained "
+                                    "with a null label; this bundle has none")
+            if row.method == "classifier" and row.guide not in bundle.guides:
+                raise LabInputError(f"column {row.column!r}: guide {row.guide!r} is not loaded; guides: "
+                                    f"{', '.join(sorted(bundle.guides)) or 'none'}")
+            kind = row.guide if row.method == "classifier" else row.method
+            spec = GuidanceSpec(row.column, kind, row.scale if row.method != "unguided" else None,
+                                row.source or None, row.stabiliser if row.method == "classifier" else None)
+            configs.append(spec.to_config(bundle.guide_info, denoiser_mode=mode))
         except LabInputError:
             raise
         except ValueError as exc:

@@ -1,6 +1,6 @@
 """Engine results -> values the UI shows: uint8 pictures with captions, matplotlib
 figures as RGB arrays, and tables. Formatting only; the numbers come from the engine
-(``engine.viz``, ``engine.trace``, ``engine.lab_support``).
+(``engine.viz``, ``engine.trace``, ``engine.summaries``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pandas as pd
 import torch
 
 from engine import viz
-from engine.inspect import AttackRecord, GradientRecord
-from engine.lab_support import GRADIENT_PROBLEMS, StabilityRow, evenly_spaced, gradient_problems, perturbation
+from engine.probes import AttackRecord, GradientRecord
+from engine.summaries import GRADIENT_PROBLEMS, StabilityRow, evenly_spaced, gradient_problems, perturbation
 from engine.sampler import SampleResult
 
 DISPLAY_PIXELS = 112  # small images are upscaled (nearest) to about this size
@@ -53,7 +53,7 @@ STAMPS = {"not finite": "NaN/inf", "zero, x0 clipped": "zero", "zero": "zero", "
 
 def stamp(picture: np.ndarray, problem: str) -> np.ndarray:
     """A gradient tile with the word of its ``problem`` (see
-    :func:`engine.lab_support.gradient_problems`) written across it, so a black or grey
+    :func:`engine.summaries.gradient_problems`) written across it, so a black or grey
     tile is never left unexplained."""
     if not problem:
         return picture
@@ -341,7 +341,7 @@ def stability_figure(result: SampleResult, gradient: str = "raw",
                      rows: Sequence[StabilityRow] | None = None) -> np.ndarray:
     """GradCheck's view on one figure: per column, the cosine similarity between
     consecutive guidance gradients and the gradient norm over the timesteps (batch
-    median, band between the quartiles; the norm on a log axis), and, given ``rows`` (:func:`engine.lab_support.column_stability`),
+    median, band between the quartiles; the norm on a log axis), and, given ``rows`` (:func:`engine.summaries.column_stability`),
     the judge's class accuracy of the final images (± its binomial standard error)."""
     cos_key, norm_key = ("cos_raw", "grad_norm") if gradient == "raw" else ("cos_applied", "applied_norm")
     with_accuracy = rows is not None

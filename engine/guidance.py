@@ -1,138 +1,54 @@
-"""Guidance methods: what gradient steers a sampling step, and how it is shaped.
+"""Guidance: the gradient one column adds at a sampling step.
 
-A guidance run is described by a plain, serialisable :class:`GuidanceConfig`. The
-pieces, in the order the sampler applies them at each step:
+A guidance run is described by a plain, serialisable :class:`GuidanceConfig` (one per
+column of a side-by-side run). :class:`ColumnGuidance`, built from it, owns everything the
+column adds at step t, in this order:
 
-1. **source** of the gradient (``gradient_source``):
+1. **denoiser output** the step uses: eps_theta(x_t, y) (conditional), eps_theta(x_t, null)
+   (``denoiser_mode='unconditional'``), or for classifier-free guidance (Ho & Salimans 2021,
+   Eq. 6) eps~ = eps(x_t, null) + (1 + s) (eps(x_t, y) - eps(x_t, null)) (:func:`classifier_free_mix`);
+2. **source** of the classifier gradient (``gradient_source``):
    - ``x_t``: grad_{x_t} log p_phi(y | x_t, t) of a time-dependent classifier
      (Dhariwal & Nichol 2021; Kawar, Ganz & Elad 2023);
    - ``x0_detached``: grad_{x0} log p_phi(y | x0_hat, 0) at the denoiser's clipped
      prediction x0_hat = clip((x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)), used as is
      (GradCheck's cheap variant);
    - ``x0_through_denoiser``: grad_{x_t} log p_phi(y | x0_hat(x_t), 0), back-propagated
-     through the denoiser (GradCheck's x0-prediction guidance).
-2. **objective** (``loss``): ``log_softmax`` = sum_c log p(c | x) over the target classes
-   (one class normally; several for multi-class guidance), or ``logit`` = sum_c f_c(x).
-3. optional per-sample L2 **normalisation** g <- g / ||g||.
-4. **stabiliser** carried across the steps of one trajectory, per sample and element,
+     through the denoiser (GradCheck's x0-prediction guidance);
+3. **objective** (``loss``, :func:`guidance_objective`): ``log_softmax`` = sum_c log p(c | x)
+   over the target classes (one class normally; several for multi-class guidance), or
+   ``logit`` = sum_c f_c(x);
+4. optional per-sample L2 **normalisation** g <- g / ||g||;
+5. **stabiliser** carried across the steps of one trajectory, per sample and element,
    reset for every new trajectory (GradCheck, Vaeth et al. 2024):
    EMA m <- b m + (1 - b) g; Adam m <- b1 m + (1 - b1) g, v <- b2 v + (1 - b2) g^2,
-   g_hat = m / (sqrt(v) + eps) (optionally bias-corrected).
-5. **scale** s, optionally scheduled over the steps; the applied gradient is s * g_hat.
+   g_hat = m / (sqrt(v) + eps) (optionally bias-corrected);
+6. **scale** s_t, optionally scheduled over the steps: the column adds g = s_t * g_hat.
 
-Classifier-free guidance (Ho & Salimans 2021) instead mixes two denoiser outputs,
-eps = eps(x_t, null) + (1 + s) (eps(x_t, y) - eps(x_t, null)); ``unguided`` uses none.
+The sampler (``engine.sampler``) then applies g: DDPM on the mean, mu + Sigma g; DDIM on the
+score, eps - sqrt(1 - abar_t) g (Dhariwal & Nichol 2021, Algorithms 1 and 2).
+
+GuidanceConfig, its constructors and the column-spec grammar live in ``engine.columns``
+(torch-free) and are re-exported here.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-METHODS = ("unguided", "classifier", "cfg")
-SOURCES = ("x_t", "x0_detached", "x0_through_denoiser")
-LOSSES = ("log_softmax", "logit")
-STABILISERS = ("none", "ema", "adam")
-SCHEDULES = ("constant", "linear_decay", "linear_ramp", "cosine_decay")
-DENOISER_MODES = ("conditional", "unconditional")
+from .columns import (DENOISER_MODES, LOSSES, METHODS, SCHEDULES, SOURCES, STABILISERS, GuidanceConfig,  # noqa: F401
+                      GuidanceSpec, canonical_method, canonical_source, classifier_free, classifier_guided,
+                      format_spec, parse_spec, unguided)
+from .diffusion.process import GaussianDiffusion
 
 
 class GuidanceError(RuntimeError):
     """A guidance run cannot go on (e.g. a non-finite classifier gradient)."""
-
-
-@dataclass(frozen=True)
-class GuidanceConfig:
-    """One column of a side-by-side run. Serialise with :meth:`to_dict`; every image the
-    system writes stores this next to it so it can be regenerated.
-
-    ``name`` labels the column; ``classifier`` names a guide of the bundle (``vanilla``,
-    ``robust``, ``nonrobust`` in the demo bundle). ``classes`` switches to multi-class
-    guidance: the objective sums over these classes instead of each sample's label.
-    ``denoiser_mode='unconditional'`` feeds the denoiser its null label (GradCheck's
-    setting: an unconditional model steered only by the classifier)."""
-
-    name: str = "guided"
-    method: str = "classifier"
-    classifier: str | None = None
-    scale: float = 1.0
-    scale_schedule: str = "constant"
-    gradient_source: str = "x_t"
-    loss: str = "log_softmax"
-    normalize_gradient: bool = False
-    stabiliser: str = "none"
-    ema_beta: float = 0.9
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-4
-    adam_bias_correction: bool = False
-    classes: tuple[int, ...] | None = None
-    denoiser_mode: str = "conditional"
-
-    def __post_init__(self) -> None:
-        if self.classes is not None:
-            object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ValueError naming the bad field and the allowed values."""
-        def check(value: Any, allowed: Sequence[str], what: str) -> None:
-            if value not in allowed:
-                raise ValueError(f"{what} must be one of {', '.join(allowed)}; got {value!r}")
-
-        check(self.method, METHODS, "method")
-        check(self.gradient_source, SOURCES, "gradient_source")
-        check(self.loss, LOSSES, "loss")
-        check(self.stabiliser, STABILISERS, "stabiliser")
-        check(self.scale_schedule, SCHEDULES, "scale_schedule")
-        check(self.denoiser_mode, DENOISER_MODES, "denoiser_mode")
-        if not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale):
-            raise ValueError(f"scale must be a finite number, got {self.scale!r}")
-        if self.method == "classifier" and not self.classifier:
-            raise ValueError(f"config {self.name!r}: classifier guidance needs a classifier name")
-        if not 0.0 <= self.ema_beta < 1.0:
-            raise ValueError(f"ema_beta must lie in [0, 1), got {self.ema_beta}")
-        if not (0.0 <= self.adam_beta1 < 1.0 and 0.0 <= self.adam_beta2 < 1.0 and self.adam_eps > 0):
-            raise ValueError("Adam needs 0 <= beta1, beta2 < 1 and eps > 0")
-        if self.classes is not None and len(self.classes) == 0:
-            raise ValueError("classes, when given, must name at least one class")
-
-    def to_dict(self) -> dict[str, Any]:
-        values = asdict(self)
-        if values["classes"] is not None:
-            values["classes"] = list(values["classes"])
-        return values
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "GuidanceConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown guidance settings {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**values)
-
-    @property
-    def uses_classifier(self) -> bool:
-        return self.method == "classifier"
-
-
-def unguided(name: str = "unguided", denoiser_mode: str = "conditional") -> GuidanceConfig:
-    """The plain conditional (or unconditional) denoiser."""
-    return GuidanceConfig(name=name, method="unguided", denoiser_mode=denoiser_mode)
-
-
-def classifier_guided(classifier: str, scale: float, name: str | None = None, **options: Any) -> GuidanceConfig:
-    """Classifier guidance by the bundle guide ``classifier`` with scale ``scale``."""
-    return GuidanceConfig(name=name or classifier, method="classifier", classifier=classifier, scale=scale, **options)
-
-
-def classifier_free(scale: float, name: str = "cfg") -> GuidanceConfig:
-    """Classifier-free guidance with strength ``scale`` (needs a null label)."""
-    return GuidanceConfig(name=name, method="cfg", scale=scale)
 
 
 @dataclass
@@ -171,6 +87,25 @@ def guidance_objective(logits: torch.Tensor, targets: torch.Tensor, loss: str) -
     return scores.gather(1, targets).sum(dim=1)
 
 
+def log_prob_of(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(y | x) of each sample's first target class (what the trace records)."""
+    first = targets if targets.dim() == 1 else targets[:, 0]
+    return guidance_objective(logits.detach(), first, "log_softmax")
+
+
+def objective_gradient(guide: Guide, x_in: torch.Tensor, seen: torch.Tensor, t: torch.Tensor,
+                       targets: torch.Tensor, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """grad_{x_in} sum_i J(f_phi(seen_i, t_i)) and the classifier's logits.
+
+    ``seen`` is what the classifier looks at: ``x_in`` itself, or a differentiable function
+    of it (x0_hat(x_t) through the denoiser). The classifier runs in float32 whatever the
+    denoiser's precision. Call under ``torch.enable_grad()``."""
+    logits = guide.logits(seen.float(), t)
+    objective = guidance_objective(logits, targets, loss)
+    grad = torch.autograd.grad(objective.sum(), x_in)[0]
+    return grad.float(), logits.detach().float()
+
+
 def classifier_gradient(
     guide: Guide,
     x: torch.Tensor,
@@ -178,17 +113,11 @@ def classifier_gradient(
     targets: torch.Tensor,
     loss: str = "log_softmax",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """grad_x sum_i J(x_i) and the per-sample log p(y | x, t) of the first target.
-
-    The classifier runs in float32 whatever the denoiser's precision."""
+    """grad_x sum_i J(x_i) and the per-sample log p(y | x, t) of the first target."""
     with torch.enable_grad():
         x_in = x.detach().float().requires_grad_(True)
-        logits = guide.logits(x_in, t)
-        objective = guidance_objective(logits, targets, loss)
-        grad = torch.autograd.grad(objective.sum(), x_in)[0]
-    first = targets if targets.dim() == 1 else targets[:, 0]
-    log_prob = torch.log_softmax(logits.detach().float(), -1).gather(1, first[:, None])[:, 0]
-    return grad, log_prob
+        grad, logits = objective_gradient(guide, x_in, x_in, t, targets, loss)
+    return grad, log_prob_of(logits, targets)
 
 
 def per_sample_normalise(grad: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -273,19 +202,152 @@ def targets_for(config: GuidanceConfig, labels: torch.Tensor, num_classes: int |
     return targets
 
 
+def classifier_free_mix(cond: torch.Tensor, null: torch.Tensor, scale: float, channels: int) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans 2021, Eq. 6, written with w = s):
+    eps~ = eps(x_t, null) + (1 + s) (eps(x_t, y) - eps(x_t, null)) on the first ``channels``
+    output channels; learned-variance channels come from the conditional output. s = 0 is
+    the plain conditional model."""
+    eps = null[:, :channels] + (1 + scale) * (cond[:, :channels] - null[:, :channels])
+    return torch.cat([eps, cond[:, channels:]], dim=1)
+
+
+# denoise(x, t, y) -> float32 network output at the (respaced) step indices t; y is None
+# for a network without class input.
+Denoise = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+@dataclass
+class ColumnStep:
+    """What one column adds at one step: the denoiser output the step uses and the
+    guidance gradient g = s_t * stabilise(normalise(grad)) (None without a classifier),
+    with the raw gradient, log p(y | seen) of the first target and the classifier's top-1."""
+
+    model_output: torch.Tensor
+    grad: torch.Tensor | None = None
+    grad_raw: torch.Tensor | None = None
+    log_prob: torch.Tensor | None = None
+    top1: torch.Tensor | None = None
+
+
+class ColumnGuidance:
+    """The gradient one guidance column adds at step t (see the module docstring).
+
+    Built from the column's :class:`GuidanceConfig`, its guide (None for ``unguided`` and
+    ``cfg``), the process and ``denoise`` (:data:`Denoise`). Per step the sampler asks
+    :meth:`denoiser_labels` which gradient-free denoiser evaluations to batch for it, then
+    calls the column with (x_t, t, labels, those outputs). The column holds the
+    stabiliser's state: :meth:`reset` starts a new trajectory."""
+
+    def __init__(self, config: GuidanceConfig, guide: Guide | None, diffusion: GaussianDiffusion, denoise: Denoise,
+                 *, class_conditional: bool, null_label: int | None = None, clip_denoised: bool = True):
+        c = config
+        if c.uses_classifier and guide is None:
+            raise ValueError(f"column {c.name!r} asks for classifier {c.classifier!r} but got no guide")
+        needs_null = c.method == "cfg" or c.denoiser_mode == "unconditional"
+        if needs_null and class_conditional and null_label is None:
+            raise ValueError(
+                f"column {c.name!r} needs the denoiser's null label (classifier-free or unconditional mode), "
+                "but this denoiser was not trained with one")
+        if c.method == "cfg" and not class_conditional:
+            raise ValueError(f"column {c.name!r}: classifier-free guidance needs a class-conditional denoiser")
+        self.config, self.guide, self.diffusion, self.denoise = config, guide, diffusion, denoise
+        self.class_conditional, self.null_label, self.clip_denoised = class_conditional, null_label, clip_denoised
+        self.stabiliser = Stabiliser(config)
+
+    def reset(self) -> None:
+        """Start new trajectories: empty the stabiliser's state."""
+        self.stabiliser.reset()
+
+    @property
+    def through_denoiser(self) -> bool:
+        return self.config.uses_classifier and self.config.gradient_source == "x0_through_denoiser"
+
+    def _label_rows(self, labels: torch.Tensor, conditional: bool = True) -> torch.Tensor | None:
+        if not self.class_conditional:
+            return None
+        if conditional and self.config.denoiser_mode == "conditional":
+            return labels
+        return torch.full_like(labels, self.null_label)
+
+    def denoiser_labels(self, labels: torch.Tensor) -> list[torch.Tensor | None]:
+        """Class inputs of the gradient-free denoiser evaluations this column needs: y (the
+        null label in unconditional mode), plus the null label for classifier-free guidance;
+        none when the gradient goes through the denoiser (the column runs it with autograd)."""
+        if self.through_denoiser:
+            return []
+        if self.config.method == "cfg":
+            return [self._label_rows(labels, True), self._label_rows(labels, False)]
+        return [self._label_rows(labels, True)]
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
+                 outputs: Sequence[torch.Tensor]) -> ColumnStep:
+        """The column's denoiser output and guidance gradient at x_t, step indices t."""
+        c = self.config
+        if c.method == "cfg":
+            return ColumnStep(classifier_free_mix(outputs[0], outputs[1], c.scale, x_t.shape[1]))
+        if not c.uses_classifier:
+            return ColumnStep(outputs[0])
+        targets = targets_for(c, labels, _num_classes(self.guide))
+        model_output, grad_raw, logits = self._gradient(x_t, t, labels, targets, outputs[0] if outputs else None)
+        step = int(t[0])
+        check_finite(grad_raw, c, step)
+        g = per_sample_normalise(grad_raw) if c.normalize_gradient else grad_raw
+        g = scale_at(c, step, self.diffusion.num_timesteps) * self.stabiliser(g)
+        return ColumnStep(model_output, g, grad_raw, log_prob_of(logits, targets), logits.argmax(-1))
+
+    def _gradient(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor,
+                  model_output: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """grad of sum_i J over the column's source; returns (denoiser output, grad, logits)."""
+        d, source = self.diffusion, self.config.gradient_source
+        t_zero = torch.zeros_like(d.network_timesteps(t))
+        with torch.enable_grad():
+            if source == "x_t":
+                x_in = x_t.detach().float().requires_grad_(True)
+                seen, t_seen = x_in, d.network_timesteps(t)
+            elif source == "x0_detached":  # the clean prediction, seen at timestep 0
+                x_in = self._pred_x0(model_output, x_t, t).detach().float().requires_grad_(True)
+                seen, t_seen = x_in, t_zero
+            else:  # x0_through_denoiser: x0_hat(x_t) with autograd through the denoiser
+                x_in = x_t.detach().requires_grad_(True)
+                model_output = self.denoise(x_in, t, self._label_rows(labels))
+                seen, t_seen = self._pred_x0(model_output, x_in, t), t_zero
+            grad, logits = objective_gradient(self.guide, x_in, seen, t_seen, targets, self.config.loss)
+        return model_output.detach(), grad, logits
+
+    def _pred_x0(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.diffusion.p_mean_variance(model_output, x_t, t, clip_denoised=self.clip_denoised)["pred_xstart"]
+
+
+def _num_classes(guide: Guide) -> int | None:
+    try:
+        return guide.num_classes
+    except AttributeError:
+        return None
+
+
 __all__ = [
+    "ColumnGuidance",
+    "ColumnStep",
     "GuidanceConfig",
     "GuidanceError",
+    "GuidanceSpec",
     "Guide",
     "Stabiliser",
     "as_guide",
+    "canonical_method",
+    "canonical_source",
+    "check_finite",
     "classifier_free",
+    "classifier_free_mix",
     "classifier_gradient",
     "classifier_guided",
+    "format_spec",
     "guidance_objective",
+    "log_prob_of",
+    "objective_gradient",
+    "parse_spec",
     "per_sample_normalise",
     "scale_at",
     "targets_for",
     "unguided",
-    "check_finite",
 ]

@@ -5,11 +5,14 @@ Algorithm (Dhariwal & Nichol 2021, Alg. 1 and 2), for every guidance column at o
     x_T ~ N(0, I)                                  (from each image's own seed)
     for t = T-1 .. 0:
         eps, v = denoiser(x_t, t, y)               (one batched call for all columns)
+        g = s_t * stabilise(grad log p_phi(y | source, t))   (engine.guidance.ColumnGuidance)
         mu, Sigma, x0_hat = p_mean_variance(eps, v)
-        g = s * stabilise(grad log p_phi(y | source, t))
         DDPM: x_{t-1} = mu + Sigma g + sigma_t z   (guidance on the mean)
         DDIM: eps' = eps - sqrt(1 - abar_t) g      (guidance on the score)
               x_{t-1} = DDIM(eps', eta, z)
+
+What a column adds (its denoiser output, classifier-free mixing included, and g) lives in
+``engine.guidance``; this module only batches the denoiser and applies g.
 
 Randomness: image i draws x_T and every step's z from its own generator seeded with
 ``seeds[i]``, on the CPU, in a fixed order. An image therefore depends only on (seed,
@@ -27,18 +30,7 @@ import torch
 from torch import nn
 
 from .diffusion.process import GaussianDiffusion
-from .guidance import (
-    Guide,
-    GuidanceConfig,
-    Stabiliser,
-    as_guide,
-    check_finite,
-    classifier_gradient,
-    guidance_objective,
-    per_sample_normalise,
-    scale_at,
-    targets_for,
-)
+from .guidance import ColumnGuidance, Guide, GuidanceConfig, as_guide, log_prob_of
 from .trace import Trace, TraceOptions
 
 SAMPLERS = ("ddpm", "ddim")
@@ -149,139 +141,65 @@ class GuidedStepper:
         self.sampler = sampler
         self.eta = float(eta)
         self.clip_denoised = clip_denoised
-        self.null_label = null_label
-        self.class_conditional = getattr(denoiser, "num_classes", None) is not None
+        class_conditional = getattr(denoiser, "num_classes", None) is not None
         for c in self.configs:
             if c.uses_classifier and c.classifier not in self.guides:
                 raise ValueError(
                     f"column {c.name!r} asks for classifier {c.classifier!r}; available: {sorted(self.guides) or 'none'}")
-            needs_null = c.method == "cfg" or c.denoiser_mode == "unconditional"
-            if needs_null and self.class_conditional and null_label is None:
-                raise ValueError(
-                    f"column {c.name!r} needs the denoiser's null label (classifier-free or unconditional mode), "
-                    "but this denoiser was not trained with one")
-            if c.method == "cfg" and not self.class_conditional:
-                raise ValueError(f"column {c.name!r}: classifier-free guidance needs a class-conditional denoiser")
-        self.stabilisers = {c.name: Stabiliser(c) for c in self.configs}
+        self.columns = {c.name: ColumnGuidance(c, self.guides.get(c.classifier or ""), diffusion, self.denoise,
+                                               class_conditional=class_conditional, null_label=null_label,
+                                               clip_denoised=clip_denoised)
+                        for c in self.configs}
 
     def reset(self) -> None:
-        """Start new trajectories: empty every stabiliser's state."""
-        for s in self.stabilisers.values():
-            s.reset()
+        """Start new trajectories: empty every column's stabiliser state."""
+        for column in self.columns.values():
+            column.reset()
 
-    # ---------------------------------------------------------------- denoiser
-    def _denoiser_labels(self, config: GuidanceConfig, labels: torch.Tensor, conditional: bool) -> torch.Tensor | None:
-        if not self.class_conditional:
-            return None
-        if conditional and config.denoiser_mode == "conditional":
-            return labels
-        return torch.full_like(labels, self.null_label)
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The denoiser's float32 output at step indices ``t`` (the network sees the
+        original-schedule timesteps)."""
+        net_t = self.diffusion.network_timesteps(t)
+        return (self.denoiser(x, net_t, y) if y is not None else self.denoiser(x, net_t)).float()
 
-    def _run_denoiser(self, xs: list[torch.Tensor], ys: list[torch.Tensor | None], timesteps: torch.Tensor) -> list[torch.Tensor]:
-        batch = torch.cat(xs)
-        y = torch.cat(ys) if ys[0] is not None else None
-        t = timesteps.repeat(len(xs))
-        out = self.denoiser(batch, t, y) if y is not None else self.denoiser(batch, t)
-        return list(out.float().split([x.shape[0] for x in xs]))
-
-    def model_outputs(self, x: Mapping[str, torch.Tensor], t: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Denoiser outputs of every column that does not back-propagate through it, in
-        one batched call (classifier-free columns add an unconditional copy)."""
-        xs, ys, owners = [], [], []
-        for c in self.configs:
-            if c.gradient_source == "x0_through_denoiser" and c.uses_classifier:
-                continue
-            xs.append(x[c.name]); ys.append(self._denoiser_labels(c, labels, True)); owners.append((c, "main"))
-            if c.method == "cfg":
-                xs.append(x[c.name]); ys.append(self._denoiser_labels(c, labels, False)); owners.append((c, "null"))
-        if not xs:
-            return {}
-        with torch.no_grad():
-            outs = self._run_denoiser(xs, ys, self.diffusion.network_timesteps(t))
-        results: dict[str, torch.Tensor] = {}
-        parts: dict[str, dict[str, torch.Tensor]] = {}
-        for (c, role), out in zip(owners, outs):
-            parts.setdefault(c.name, {})[role] = out
-        channels = next(iter(x.values())).shape[1]
-        for c in self.configs:
-            if c.name not in parts:
-                continue
-            if c.method == "cfg":
-                cond, null = parts[c.name]["main"], parts[c.name]["null"]
-                eps = null[:, :channels] + (1 + c.scale) * (cond[:, :channels] - null[:, :channels])
-                results[c.name] = torch.cat([eps, cond[:, channels:]], dim=1)
-            else:
-                results[c.name] = parts[c.name]["main"]
-        return results
-
-    # ---------------------------------------------------------------- one step
-    def step(self, x: Mapping[str, torch.Tensor], t_index: int, labels: torch.Tensor,
-             noise: torch.Tensor) -> dict[str, StepOutput]:
-        """Advance every column from x_t to x_{t-1}; ``noise`` is the shared z."""
-        d = self.diffusion
-        any_x = next(iter(x.values()))
-        batch = any_x.shape[0]
-        t = torch.full((batch,), t_index, dtype=torch.long, device=any_x.device)
-        net_t = d.network_timesteps(t)
-        model_out = self.model_outputs(x, t, labels)
-        outputs: dict[str, StepOutput] = {}
-        for c in self.configs:
-            x_t = x[c.name]
-            grad_raw = log_prob = top1 = None
-            if c.uses_classifier and c.gradient_source == "x0_through_denoiser":
-                out, grad_raw, log_prob, top1 = self._through_denoiser(c, x_t, t, labels)
-            else:
-                out = d.p_mean_variance(model_out[c.name], x_t, t, clip_denoised=self.clip_denoised)
-                if c.uses_classifier:
-                    grad_raw, log_prob, top1 = self._classifier_grad(c, x_t, out["pred_xstart"], net_t, labels)
-            grad_applied = None
-            if grad_raw is not None:
-                check_finite(grad_raw, c, t_index)
-                g = per_sample_normalise(grad_raw) if c.normalize_gradient else grad_raw
-                g = self.stabilisers[c.name](g)
-                grad_applied = scale_at(c, t_index, d.num_timesteps) * g
-            if self.sampler == "ddpm":
-                if grad_applied is not None:
-                    out = {**out, "mean": d.condition_mean(out, grad_applied)}
-                sample = d.ddpm_step(out, t, noise)
-            else:
-                if grad_applied is not None:
-                    out = d.condition_score(out, x_t, t, grad_applied)
-                sample = d.ddim_step(out, x_t, t, noise, eta=self.eta)
-            outputs[c.name] = StepOutput(sample.detach(), out["pred_xstart"].detach(), grad_raw, grad_applied,
-                                         log_prob, top1)
+    def denoise_columns(self, x: Mapping[str, torch.Tensor], t: torch.Tensor,
+                        labels: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+        """Every gradient-free denoiser evaluation the columns ask for, in one batched call."""
+        asks = [(name, y) for name, column in self.columns.items() for y in column.denoiser_labels(labels)]
+        outputs: dict[str, list[torch.Tensor]] = {name: [] for name in self.columns}
+        if asks:
+            ys = [y for _, y in asks]
+            with torch.no_grad():
+                out = self.denoise(torch.cat([x[name] for name, _ in asks]), t.repeat(len(asks)),
+                                   torch.cat(ys) if ys[0] is not None else None)
+            for (name, _), part in zip(asks, out.split(t.shape[0])):
+                outputs[name].append(part)
         return outputs
 
-    def _classifier_grad(self, c: GuidanceConfig, x_t: torch.Tensor, pred_x0: torch.Tensor, net_t: torch.Tensor,
-                         labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        guide = self.guides[c.classifier]
-        targets = targets_for(c, labels, _num_classes(guide))
-        if c.gradient_source == "x_t":
-            source, t_in = x_t, net_t
-        else:  # x0_detached: the clean prediction, seen at timestep 0
-            source, t_in = pred_x0.detach(), torch.zeros_like(net_t)
-        grad, log_prob = classifier_gradient(guide, source, t_in, targets, c.loss)
-        top1 = self._top1(guide, source, t_in)
-        return grad, log_prob, top1
-
-    def _through_denoiser(self, c: GuidanceConfig, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor):
-        """x0_hat(x_t) through the denoiser with autograd; gradient w.r.t. x_t."""
+    def step(self, x: Mapping[str, torch.Tensor], t_index: int, labels: torch.Tensor,
+             noise: torch.Tensor) -> dict[str, StepOutput]:
+        """Algorithm 1 (DDPM) / 2 (DDIM) of Dhariwal & Nichol for every column: x_t -> x_{t-1};
+        ``noise`` is the shared z."""
         d = self.diffusion
-        guide = self.guides[c.classifier]
-        targets = targets_for(c, labels, _num_classes(guide))
-        with torch.enable_grad():
-            x_in = x_t.detach().requires_grad_(True)
-            (model_out,) = self._run_denoiser([x_in], [self._denoiser_labels(c, labels, True)], d.network_timesteps(t))
-            out = d.p_mean_variance(model_out, x_in, t, clip_denoised=self.clip_denoised)
-            t_zero = torch.zeros_like(d.network_timesteps(t))
-            grad, log_prob = classifier_gradient_through(guide, x_in, out["pred_xstart"], t_zero, targets, c.loss)
-        out = {k: v.detach() for k, v in out.items()}
-        return out, grad, log_prob, self._top1(guide, out["pred_xstart"], t_zero)
-
-    @staticmethod
-    def _top1(guide: Guide, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return guide.logits(x.float(), t).argmax(-1)
+        x_any = next(iter(x.values()))
+        t = torch.full((x_any.shape[0],), t_index, dtype=torch.long, device=x_any.device)
+        evaluations = self.denoise_columns(x, t, labels)
+        outputs: dict[str, StepOutput] = {}
+        for name, column in self.columns.items():
+            x_t = x[name]
+            guided = column(x_t, t, labels, evaluations[name])  # eps_theta (or CFG's eps~) and g
+            out = d.p_mean_variance(guided.model_output, x_t, t, clip_denoised=self.clip_denoised)
+            if self.sampler == "ddpm":
+                if guided.grad is not None:
+                    out["mean"] = d.condition_mean(out, guided.grad)  # mu + Sigma g
+                x_prev = d.ddpm_step(out, t, noise)
+            else:
+                if guided.grad is not None:
+                    out = d.condition_score(out, x_t, t, guided.grad)  # eps - sqrt(1 - abar_t) g
+                x_prev = d.ddim_step(out, x_t, t, noise, eta=self.eta)
+            outputs[name] = StepOutput(x_prev.detach(), out["pred_xstart"].detach(), guided.grad_raw, guided.grad,
+                                       guided.log_prob, guided.top1)
+        return outputs
 
     def monitor(self, names: Sequence[str], x_t: torch.Tensor, net_t: torch.Tensor,
                 labels: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -292,26 +210,8 @@ class GuidedStepper:
                 if name not in self.guides:
                     raise ValueError(f"monitor {name!r} is not a guide of this run; available: {sorted(self.guides)}")
                 logits = self.guides[name].logits(x_t.float(), net_t).float()
-                results[name] = (torch.log_softmax(logits, -1).gather(1, labels[:, None])[:, 0], logits.argmax(-1))
+                results[name] = (log_prob_of(logits, labels), logits.argmax(-1))
         return results
-
-
-def classifier_gradient_through(guide: Guide, x_in: torch.Tensor, x0_hat: torch.Tensor, t: torch.Tensor,
-                                targets: torch.Tensor, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """grad_{x_t} J(classifier(x0_hat(x_t))): one backward through classifier and denoiser."""
-    logits = guide.logits(x0_hat.float(), t)
-    objective = guidance_objective(logits, targets, loss)
-    grad = torch.autograd.grad(objective.sum(), x_in)[0]
-    first = targets if targets.dim() == 1 else targets[:, 0]
-    log_prob = torch.log_softmax(logits.detach().float(), -1).gather(1, first[:, None])[:, 0]
-    return grad.float(), log_prob
-
-
-def _num_classes(guide: Guide) -> int | None:
-    try:
-        return guide.num_classes
-    except AttributeError:
-        return None
 
 
 def sample(

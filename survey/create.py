@@ -37,6 +37,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from sqlalchemy import select
 
+from engine.columns import GuidanceSpec
+
 from .db import SurveyDB, utcnow
 from .media import as_hwc_uint8, break_image, read_png, save_png
 from .models import Image, Pair, Study
@@ -69,26 +71,26 @@ Unit = dict  # method name -> SourceImage, every image of the unit has the same 
 
 
 @dataclass(frozen=True)
-class MethodSpec:
-    """``[label=]guide[:scale]`` on the command line, e.g. ``vanilla:0.5``, ``robust:1``,
-    ``strong=robust:2`` or ``unguided``."""
+class MethodSpec(GuidanceSpec):
+    """A method on the command line: an ``engine.guidance`` column spec, usually
+    ``[label=]guide[:scale]``, e.g. ``vanilla:0.5``, ``robust:1``, ``strong=robust:2``,
+    ``unguided`` or ``x0=nonrobust@x0+adam:0.05``."""
 
-    label: str
-    guide: str
-    scale: float | None = None
+    @property
+    def label(self) -> str:
+        return self.name
+
+    @property
+    def guide(self) -> str:
+        return self.kind
 
     @classmethod
     def parse(cls, text: str) -> "MethodSpec":
-        match = re.fullmatch(r"(?:([A-Za-z0-9_.@+-]+)=)?([A-Za-z0-9_.-]+)(?::([-+0-9.eE]+))?", text.strip())
-        if not match:
-            raise StudyError(f"cannot read method {text!r}; write [label=]guide[:scale], e.g. vanilla:0.5 or "
-                             "robust:1.0")
-        label, guide, scale = match.groups()
         try:
-            value = float(scale) if scale is not None else None
-        except ValueError:
-            raise StudyError(f"scale in {text!r} is not a number") from None
-        return cls(label or guide, guide, value)
+            return super().parse(text)
+        except ValueError as exc:
+            raise StudyError(f"cannot read method {text!r} ({exc}); write [label=]guide[:scale], e.g. vanilla:0.5 or "
+                             "robust:1.0") from None
 
 
 def read_class_names(path: str | Path | None) -> list[str] | None:
@@ -122,18 +124,10 @@ def units_from_bundle(bundle: Any, specs: Sequence[MethodSpec], n_units: int, se
         raise StudyError(f"method labels must differ, got {labels}; name them, e.g. weak=robust:0.5 strong=robust:2")
     if n_units < 1:
         raise StudyError("--pairs must be at least 1")
-    configs = []
-    for spec in specs:
-        if spec.guide == "unguided":
-            from engine.guidance import unguided
-
-            configs.append(unguided(name=spec.label))
-            continue
-        overrides = {"name": spec.label} if spec.scale is None else {"name": spec.label, "scale": spec.scale}
-        try:
-            configs.append(bundle.default_config(spec.guide, **overrides))
-        except ValueError as exc:
-            raise StudyError(str(exc)) from exc
+    try:
+        configs = [spec.to_config(bundle.guide_info) for spec in specs]
+    except ValueError as exc:
+        raise StudyError(str(exc)) from exc
     rng = np.random.default_rng(seed)
     classes = rng.integers(0, bundle.num_classes, n_units).tolist()
     seeds = rng.choice(2**31 - 1, size=n_units, replace=False).tolist()

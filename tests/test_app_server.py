@@ -289,7 +289,7 @@ def test_upload_is_checked_and_converted(client, tmp_path):
 
 
 def test_targeted_attack_starts_at_a_radius_for_the_models_image_size(lab):
-    from engine.inspect import scaled_attack_eps
+    from engine.probes import scaled_attack_eps
 
     config = httpx.get(lab + "/config", timeout=30).json()
     eps = [c for c in config["components"] if c.get("props", {}).get("elem_id") == "attack-eps"]

@@ -1,5 +1,5 @@
 """The lab's pieces without a server: input parsing, the column table, the engine
-reductions it shows (engine.lab_support), rendering, downloads, the command line and
+reductions it shows (engine.summaries), rendering, downloads, the command line and
 the survey mount's fallback."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from app.downloads import write_run_files
 from app.inputs import (COLUMN_HEADERS, LabInputError, check_image_budget, configs_from_rows, load_upload,
                         parse_class, parse_int, parse_seeds, parse_steps, parse_timesteps, read_columns)
 from engine.guidance import unguided
-from engine.lab_support import binomial_se, column_stability, evenly_spaced, perturbation, record_every_for
+from engine.summaries import binomial_se, column_stability, evenly_spaced, perturbation, record_every_for
 from engine.trace import TraceOptions
 
 
@@ -175,7 +175,7 @@ def test_bundle_lab_section_supplies_columns(tiny_bundle, monkeypatch):
     assert len(cols.default_rows(tiny_bundle)) == 8  # malformed: falls back to the generic rows
 
 
-# ------------------------------------------------------------------------------------ engine.lab_support
+# ------------------------------------------------------------------------------------ engine.summaries
 def test_frame_helpers():
     assert record_every_for(100, 8) == 15 and record_every_for(5, 8) == 1 and record_every_for(10, 1) == 10
     assert evenly_spaced(10, 4) == [0, 3, 6, 9] and evenly_spaced(3, 8) == [0, 1, 2] and evenly_spaced(0, 3) == []
@@ -240,7 +240,7 @@ def test_pictures_and_figures(traced_run, tiny_bundle):
 
 
 def test_inspector_and_attack_pictures(tiny_bundle):
-    from engine.inspect import inspect_gradients, targeted_attack
+    from engine.probes import inspect_gradients, targeted_attack
 
     image = torch.zeros(1, 1, 28, 28)
     records = inspect_gradients(tiny_bundle, image, 3, [0, 500], ["vanilla", "nonrobust"])
@@ -301,7 +301,7 @@ def test_the_stability_table_is_narrow(traced_run, tiny_bundle):
 
 
 def test_gradient_problems_say_why_a_map_is_blank():
-    from engine.lab_support import gradient_problems
+    from engine.summaries import gradient_problems
 
     grads = torch.randn(5, 1, 4, 4)
     grads[1] = 0.0
@@ -317,7 +317,7 @@ def test_gradient_problems_say_why_a_map_is_blank():
 def test_blank_gradient_tiles_are_marked_and_explained(traced_run, tiny_bundle):
     import copy
 
-    from engine.inspect import GradientRecord
+    from engine.probes import GradientRecord
 
     # as on the bundled models at t = 999: the column guided through x0 has an exactly zero gradient at the
     # first step, because the predicted x0 is clipped to +-1 at every pixel (nothing flows back through the clip)

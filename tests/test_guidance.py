@@ -140,9 +140,9 @@ def test_stabiliser_state_is_reset_between_trajectories(tiny_bundle):
     stepper = GuidedStepper(b.denoiser, b.diffusion("4"), [config], b.guides)
     x = {"vanilla": torch.randn(1, 1, 28, 28)}
     stepper.step(x, 3, torch.tensor([9]), torch.zeros(1, 1, 28, 28))
-    assert stepper.stabilisers["vanilla"].m is not None
+    assert stepper.columns["vanilla"].stabiliser.m is not None
     stepper.reset()
-    assert stepper.stabilisers["vanilla"].m is None
+    assert stepper.columns["vanilla"].stabiliser.m is None
 
 
 def test_bad_inputs_are_clear_errors(tiny_bundle):
@@ -177,3 +177,81 @@ def test_cancel_and_progress(tiny_bundle):
         tiny_bundle.sample([unguided()], [1], [1], respacing="5", progress=lambda d, n: calls.append((d, n)),
                            should_stop=lambda: len(calls) >= 2)
     assert calls == [(1, 5), (2, 5)]
+
+
+class ToyDenoiser(torch.nn.Module):
+    """eps(x, t, y) = 0.1 x + e_y: the class shifts the prediction by a known constant."""
+
+    num_classes = 3  # class 2 is the null label
+
+    def __init__(self):
+        super().__init__()
+        self.shift = torch.nn.Parameter(torch.tensor([0.3, -0.5, 0.05]), requires_grad=False)
+
+    def forward(self, x, t, y):
+        return 0.1 * x + self.shift[y].reshape(-1, 1, 1, 1)
+
+
+def test_classifier_free_guidance_follows_its_formula():
+    """eps~ = eps(x_t, null) + (1 + s) (eps(x_t, y) - eps(x_t, null)) (Ho & Salimans 2021, Eq. 6, w = s):
+    checked through x0_hat = (x_t - sqrt(1 - abar_t) eps~) / sqrt(abar_t) on a toy denoiser."""
+    from engine.diffusion import DiffusionConfig, create_diffusion
+
+    diffusion = create_diffusion(DiffusionConfig(learn_sigma=False, timestep_respacing="10"))
+    s, t_index = 1.5, 6
+    configs = [classifier_free(s, name="cfg"), classifier_free(0.0, name="cfg0"), unguided("cond"),
+               unguided("uncond", denoiser_mode="unconditional")]
+    stepper = GuidedStepper(ToyDenoiser(), diffusion, configs, null_label=2, clip_denoised=False)
+    x_t = torch.randn(2, 1, 4, 4)
+    labels = torch.tensor([0, 1])
+    out = stepper.step({c.name: x_t for c in configs}, t_index, labels, torch.zeros_like(x_t))
+    eps_cond = 0.1 * x_t + torch.tensor([0.3, -0.5]).reshape(-1, 1, 1, 1)
+    eps_null = 0.1 * x_t + 0.05
+    abar = float(diffusion.alphas_cumprod[t_index])
+
+    def x0(eps):
+        return (x_t - (1 - abar) ** 0.5 * eps) / abar ** 0.5
+
+    torch.testing.assert_close(out["cfg"].pred_x0, x0(eps_null + (1 + s) * (eps_cond - eps_null)))
+    torch.testing.assert_close(out["cfg0"].pred_x0, x0(eps_cond))  # s = 0 is the conditional model
+    torch.testing.assert_close(out["cond"].pred_x0, x0(eps_cond))
+    torch.testing.assert_close(out["uncond"].pred_x0, x0(eps_null))
+    assert out["cfg"].grad_applied is None  # classifier-free guidance adds no classifier gradient
+
+
+def test_ddpm_adds_sigma_g_to_the_mean_and_ddim_moves_the_score():
+    """Algorithm 1: x_{t-1} = mu + Sigma g + sigma z; Algorithm 2: eps' = eps - sqrt(1 - abar_t) g."""
+    from engine.diffusion import DiffusionConfig, create_diffusion
+    from engine.guidance import Guide
+
+    diffusion = create_diffusion(DiffusionConfig(learn_sigma=False, timestep_respacing="10"))
+    weight = torch.randn(3, 16)
+
+    class Linear(torch.nn.Module):
+        out_channels = 3
+
+        def forward(self, x, t):
+            return x.flatten(1) @ weight.T
+
+    config = GuidanceConfig(name="g", classifier="lin", scale=2.0)
+    x_t, labels, z, t_index = torch.randn(2, 1, 4, 4), torch.tensor([0, 2]), torch.randn(2, 1, 4, 4), 5
+    logits = x_t.flatten(1) @ weight.T
+    grad_log_p = (weight[labels] - torch.softmax(logits, -1) @ weight).reshape(x_t.shape)  # d log softmax_y / dx
+    t = torch.full((2,), t_index)
+    for sampler in ("ddpm", "ddim"):
+        stepper = GuidedStepper(ToyDenoiser(), diffusion, [config], {"lin": Guide(Linear())}, sampler=sampler,
+                                null_label=2, clip_denoised=False)
+        out = stepper.step({"g": x_t}, t_index, labels, z)["g"]
+        torch.testing.assert_close(out.grad_raw, grad_log_p, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(out.grad_applied, 2.0 * out.grad_raw)
+        eps = 0.1 * x_t + torch.tensor([0.3, 0.05]).reshape(-1, 1, 1, 1)
+        plain = diffusion.p_mean_variance(eps, x_t, t, clip_denoised=False)
+        if sampler == "ddpm":
+            expected = plain["mean"] + plain["variance"] * out.grad_applied + plain["log_variance"].mul(0.5).exp() * z
+        else:
+            abar = float(diffusion.alphas_cumprod[t_index])
+            guided = eps - (1 - abar) ** 0.5 * out.grad_applied
+            x0 = (x_t - (1 - abar) ** 0.5 * guided) / abar ** 0.5
+            torch.testing.assert_close(out.pred_x0, x0, rtol=1e-5, atol=1e-5)
+            expected = diffusion.ddim_step({"pred_xstart": x0}, x_t, t, z)
+        torch.testing.assert_close(out.sample, expected, rtol=1e-5, atol=1e-5)

@@ -24,40 +24,38 @@ import argparse
 import sys
 
 import torch
-import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 
-from engine.attacks import pgd, time_dependent
 from engine.bundles import save_model_file
-from engine.data import DataError, load_split, split_description, to_model_range
+from engine.classifier_objective import AttackSettings, ClassifierLoss, classifier_loss
+from engine.data import to_model_range
 from engine.diffusion import DiffusionConfig, create_diffusion
 from engine.nets import EncoderUNetModel
 from engine.nets.flags import classifier_kwargs
 
-from . import common
+from . import loop
+from .distributed import DistInfo, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m train.classifier", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(parser)
+    loop.add_common_args(parser)
     a = parser.add_argument_group("adversarial training")
     a.add_argument("--attack", choices=["none", "l2", "linf"], default="none",
                    help="none = vanilla classifier; l2 / linf = robust (default: none)")
     a.add_argument("--eps", type=float, default=0.5, help="attack radius, images in [-1, 1] (default: 0.5)")
     a.add_argument("--attack-steps", type=int, default=7, help="maximum PGD steps (default: 7)")
-    a.add_argument("--step-size", type=float, default=None, help="PGD step size (default: 2.5 * eps / steps)")
+    a.add_argument("--step-size", type=float, default=None,
+                   help="PGD step size (default: engine.attacks.default_step_size, 2.5 * eps / steps)")
     a.add_argument("--no-early-stop", action="store_true",
                    help="attack every sample for all steps (ablation of the paper's early stopping)")
     a.add_argument("--random-start", action="store_true", help="start PGD at a random point of the eps-ball")
     a.add_argument("--clean", action="store_true",
                    help="non-robust guide: clean images, no time input (GradCheck's setting)")
     m = parser.add_argument_group("classifier (guided-diffusion EncoderUNetModel)")
-    m.add_argument("--image-size", type=int, default=None, help="model resolution (default: the data's)")
+    loop.add_unet_args(m)
     m.add_argument("--width", type=int, default=32, help="classifier_width (default: 32)")
     m.add_argument("--depth", type=int, default=1, help="classifier_depth: res blocks per level (default: 1)")
-    m.add_argument("--channel-mult", default="1,2,2", help="(default: 1,2,2)")
-    m.add_argument("--attention-resolutions", default="7", help="pixel resolutions with attention (default: 7)")
     m.add_argument("--head-channels", type=int, default=32, help="channels per attention head (default: 32)")
     m.add_argument("--pool", default="attention", choices=["attention", "adaptive", "spatial", "spatial_v2"])
     d = parser.add_argument_group("diffusion process (must match the denoiser)")
@@ -80,118 +78,87 @@ def classifier_flags(args: argparse.Namespace, channels: int, image_size: int, n
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    common.check_common_args(args)
+    loop.check_common_args(args)
     if args.attack != "none" and (args.eps <= 0 or args.attack_steps <= 0):
         raise SystemExit("--eps and --attack-steps must be positive for adversarial training")
     if args.clean and args.attack != "none":
         print("note: --clean with an attack trains a robust classifier on clean images (t = 0)", file=sys.stderr)
-    return common.run_main(args, train)
+    return run_main(args, train)
 
 
 def bucket_of(t: torch.Tensor, num_steps: int, buckets: int) -> torch.Tensor:
     return (t * buckets // num_steps).clamp(max=buckets - 1)
 
 
-def train(args: argparse.Namespace, info: common.DistInfo) -> int:
-    try:
-        data = load_split(args.data, "train", image_size=args.image_size, on_error=args.on_bad_image)
-    except DataError as exc:
-        raise SystemExit(f"data: {exc}") from None
+def train(args: argparse.Namespace, info: DistInfo) -> int:
+    data = loop.load_training_data(args, image_size=args.image_size)
     channels, image_size = data.images.shape[1], data.images.shape[-1]
     flags = classifier_flags(args, channels, image_size, data.num_classes)
     kwargs = classifier_kwargs(flags)
     diffusion_config = DiffusionConfig(steps=args.diffusion_steps, noise_schedule=args.noise_schedule)
     diffusion = create_diffusion(diffusion_config)
-    step_size = args.step_size if args.step_size is not None else 2.5 * args.eps / max(1, args.attack_steps)
+    attack = AttackSettings(args.attack, args.eps, args.attack_steps, args.step_size, not args.no_early_stop,
+                            args.random_start) if args.attack != "none" else None
+    step_size = attack.resolved_step_size if attack is not None else args.step_size
 
     torch.manual_seed(args.seed)
     model = EncoderUNetModel(**kwargs).to(info.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    run = common.TrainingRun(args, info, model, optimizer, None)
-    start = run.start
-    net = DistributedDataParallel(model) if info.distributed else model
-    batch = common.per_rank_batch(args, info)
-    log = common.JsonlLog(args.out / "log.jsonl", info.is_main)
-    if info.is_main and start == 0:
-        log.write({"event": "start", "command": common.command_line(), "flags": flags,
-                   "diffusion": diffusion_config.to_dict(), "world": info.world, "images": len(data),
-                   "step_size": step_size, "parameters": sum(p.numel() for p in model.parameters())})
-    bar = common.progress(args.steps, start, info.is_main and not args.no_progress,
-                          "classifier" if args.attack == "none" else f"robust {args.attack}")
-    sums: dict[str, float] = {}
-    counts: dict[str, float] = {}
-    for step in range(start, args.steps):
-        idx = common.batch_indices(len(data), batch, step, args.seed, info)
+    buckets = args.buckets if not args.clean else 0
+
+    def step(net: torch.nn.Module, idx: torch.Tensor, g: torch.Generator) -> loop.StepResult:
         x0 = to_model_range(data.images[idx]).to(info.device)
         y = data.labels[idx].to(info.device)
-        g = common.step_generator(args.seed, step, info.rank)
+        batch = len(idx)
         if args.clean:
-            t = torch.zeros(batch, dtype=torch.long)
-            x_t = x0
+            t, x_t = torch.zeros(batch, dtype=torch.long), x0
         else:
             t = torch.randint(0, diffusion.num_timesteps, (batch,), generator=g)
             x_t = diffusion.q_sample(x0, t.to(info.device), torch.randn(x0.shape, generator=g).to(info.device))
         t = t.to(info.device)
-        net_t = diffusion.network_timesteps(t)
-        torch.manual_seed(common.derive_seed(args.seed, step, info.rank, 1))
-        model.train()
-        if args.attack != "none":
-            with common.autocast(args, info.device):
-                attack = pgd(time_dependent(model, net_t), x_t, y, norm=args.attack, eps=args.eps,
-                             steps=args.attack_steps, step_size=step_size, early_stop=not args.no_early_stop,
-                             rand_start=args.random_start, generator=g, final_check=False)
-            x_in = attack.x_adv
-        else:
-            attack, x_in = None, x_t
-        with common.autocast(args, info.device):
-            logits = net(x_in, net_t)
-        loss = F.cross_entropy(logits.float(), y)
-        lr = common.optimisation_step(optimizer, loss, step, args)
+        out = classifier_loss(model, x_t, diffusion.network_timesteps(t), y, attack, train_forward=net, generator=g,
+                              precision=lambda: loop.autocast(args, info.device))
+        return loop.StepResult(out.loss, attack_stats(out, y, t, diffusion.num_timesteps, buckets),
+                               {"loss": f"{float(out.loss):.3f}"})
 
-        with torch.no_grad():
-            correct_in = (logits.argmax(-1) == y).float()
-            clean_correct = (attack.initial_pred == y).float() if attack is not None else correct_in
-            buckets = bucket_of(t, diffusion.num_timesteps, args.buckets)
-            # (sum, count) per metric; every key is present on every rank so reductions match
-            stats = {"loss": (float(loss), 1.0), "clean_acc": (float(clean_correct.sum()), batch)}
-            if attack is not None:
-                attacked = clean_correct.bool()
-                flipped = attacked & (logits.argmax(-1) != y)
-                stats["adv_acc"] = (float(correct_in.sum()), batch)
-                stats["attack_success"] = (float(flipped.sum()), float(attacked.sum()))
-                stats["attack_steps"] = (float(attack.steps_used.sum()), batch)
-            for b in range(args.buckets if not args.clean else 0):
-                mask = buckets == b
-                stats[f"clean_acc_t{b}"] = (float(clean_correct[mask].sum()), float(mask.sum()))
-                if attack is not None:
-                    stats[f"adv_acc_t{b}"] = (float(correct_in[mask].sum()), float(mask.sum()))
-        for k, (total, count) in stats.items():
-            sums[k] = sums.get(k, 0.0) + total
-            counts[k] = counts.get(k, 0.0) + count
-        bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{float(clean_correct.mean()):.2f}")
-        done = step + 1
-        if done % args.log_every == 0 or done == args.steps:
-            metrics = common.reduce_means(sums, counts, info)
-            log.write({"step": done, "lr": lr, **metrics, "seconds": run.seconds})
-            sums, counts = {}, {}
-        if run.after_step(done):
-            break
-    bar.close()
-    if run.stopped_early():
+    run = loop.fit(args, info, model, optimizer, len(data), step, ema=None,
+                   desc="classifier" if attack is None else f"robust {args.attack}",
+                   start_record={"flags": flags, "diffusion": diffusion_config.to_dict(), "step_size": step_size})
+    if run is None or not info.is_main:
         return 0
-    if info.is_main:
-        meta = {"diffusion": diffusion_config.to_dict(), "time_dependent": not args.clean,
-                "class_names": data.class_names, "flags": flags, "command": common.command_line(),
-                "seed": args.seed, "split": split_description(args.data), "part": "train", "steps": args.steps,
-                "batch_size": args.batch_size, "world": info.world, "amp": args.amp,
-                "attack": {"norm": args.attack, "eps": args.eps, "steps": args.attack_steps, "step_size": step_size,
-                           "early_stop": not args.no_early_stop, "random_start": args.random_start}
-                if args.attack != "none" else None,
-                "train_seconds": round(run.seconds, 1)}
-        save_model_file(args.out / "model.pt", model, kind="classifier", config=kwargs, meta=meta)
-        print(f"wrote {args.out / 'model.pt'}", file=sys.stderr)
+    meta = loop.model_meta(args, info, run, diffusion=diffusion_config.to_dict(), time_dependent=not args.clean,
+                           class_names=data.class_names, flags=flags,
+                           attack={"norm": args.attack, "eps": args.eps, "steps": args.attack_steps,
+                                   "step_size": step_size, "early_stop": not args.no_early_stop,
+                                   "random_start": args.random_start} if attack is not None else None)
+    save_model_file(args.out / "model.pt", model, kind="classifier", config=kwargs, meta=meta)
+    print(f"wrote {args.out / 'model.pt'}", file=sys.stderr)
     return 0
+
+
+def attack_stats(out: ClassifierLoss, y: torch.Tensor, t: torch.Tensor, num_steps: int,
+                 buckets: int) -> dict[str, tuple[float, float]]:
+    """(sum, count) of the loss, clean accuracy, and for robust training the accuracy on the
+    attacked batch, the attack's success rate among correctly classified samples and its
+    steps; per timestep bucket too. Every key is present on every rank."""
+    batch = float(len(y))
+    with torch.no_grad():
+        correct_in = (out.logits.argmax(-1) == y).float()
+        clean_correct = (out.attack.initial_pred == y).float() if out.attack is not None else correct_in
+        bucket = bucket_of(t, num_steps, max(buckets, 1))
+        stats = {"loss": (float(out.loss), 1.0), "clean_acc": (float(clean_correct.sum()), batch)}
+        if out.attack is not None:
+            attacked = clean_correct.bool()
+            flipped = attacked & (out.logits.argmax(-1) != y)
+            stats["adv_acc"] = (float(correct_in.sum()), batch)
+            stats["attack_success"] = (float(flipped.sum()), float(attacked.sum()))
+            stats["attack_steps"] = (float(out.attack.steps_used.sum()), batch)
+        for b in range(buckets):
+            mask = bucket == b
+            stats[f"clean_acc_t{b}"] = (float(clean_correct[mask].sum()), float(mask.sum()))
+            if out.attack is not None:
+                stats[f"adv_acc_t{b}"] = (float(correct_in[mask].sum()), float(mask.sum()))
+    return stats
 
 
 if __name__ == "__main__":

@@ -24,28 +24,26 @@ import argparse
 import sys
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from engine.bundles import save_model_file
-from engine.data import DataError, load_split, split_description, to_model_range
+from engine.data import to_model_range
 from engine.diffusion import DiffusionConfig, create_diffusion
 from engine.diffusion.losses import training_losses
 from engine.nets import UNetModel
 from engine.nets.flags import denoiser_kwargs
 
-from . import common
+from . import loop
+from .distributed import DistInfo, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m train.diffusion", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(parser)
+    loop.add_common_args(parser)
     m = parser.add_argument_group("denoiser")
-    m.add_argument("--image-size", type=int, default=None, help="model resolution (default: the data's)")
+    loop.add_unet_args(m)
     m.add_argument("--num-channels", type=int, default=32, help="base width (default: 32)")
     m.add_argument("--num-res-blocks", type=int, default=2, help="residual blocks per level (default: 2)")
-    m.add_argument("--channel-mult", default="1,2,2", help="width multiplier per level (default: 1,2,2)")
-    m.add_argument("--attention-resolutions", default="7", help="pixel resolutions with self-attention (default: 7)")
     m.add_argument("--num-heads", type=int, default=4, help="attention heads (default: 4)")
     m.add_argument("--dropout", type=float, default=0.1, help="dropout in residual blocks (default: 0.1)")
     m.add_argument("--learn-sigma", type=int, choices=[0, 1], default=1,
@@ -72,17 +70,14 @@ def model_flags(args: argparse.Namespace, channels: int, image_size: int, num_la
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    common.check_common_args(args)
+    loop.check_common_args(args)
     if not 0.0 <= args.label_dropout < 1.0:
         raise SystemExit("--label-dropout must lie in [0, 1)")
-    return common.run_main(args, train)
+    return run_main(args, train)
 
 
-def train(args: argparse.Namespace, info: common.DistInfo) -> int:
-    try:
-        data = load_split(args.data, "train", image_size=args.image_size, on_error=args.on_bad_image)
-    except DataError as exc:
-        raise SystemExit(f"data: {exc}") from None
+def train(args: argparse.Namespace, info: DistInfo) -> int:
+    data = loop.load_training_data(args, image_size=args.image_size)
     channels, image_size = data.images.shape[1], data.images.shape[-1]
     num_classes = data.num_classes
     null_label = num_classes if args.label_dropout > 0 else None
@@ -94,65 +89,35 @@ def train(args: argparse.Namespace, info: common.DistInfo) -> int:
 
     torch.manual_seed(args.seed)
     model = UNetModel(**kwargs).to(info.device)
-    ema = common.EMA(model, args.ema_rate)
+    ema = loop.EMA(model, args.ema_rate)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    run = common.TrainingRun(args, info, model, optimizer, ema)
-    start = run.start
-    ema.model.to(info.device)
-    net = DistributedDataParallel(model) if info.distributed else model
-    batch = common.per_rank_batch(args, info)
-    images, labels = data.images, data.labels
-    log = common.JsonlLog(args.out / "log.jsonl", info.is_main)
-    if info.is_main and start == 0:
-        log.write({"event": "start", "command": common.command_line(), "flags": flags,
-                   "diffusion": diffusion_config.to_dict(), "world": info.world, "images": len(data),
-                   "parameters": sum(p.numel() for p in model.parameters())})
-    bar = common.progress(args.steps, start, info.is_main and not args.no_progress, "denoiser")
-    running: dict[str, float] = {}
-    for step in range(start, args.steps):
-        idx = common.batch_indices(len(images), batch, step, args.seed, info)
-        x0 = to_model_range(images[idx]).to(info.device)
-        y = labels[idx].clone()
-        g = common.step_generator(args.seed, step, info.rank)
+
+    def step(net: torch.nn.Module, idx: torch.Tensor, g: torch.Generator) -> loop.StepResult:
+        x0 = to_model_range(data.images[idx]).to(info.device)
+        y = data.labels[idx].clone()
+        batch = len(idx)
         t = torch.randint(0, diffusion.num_timesteps, (batch,), generator=g)
         noise = torch.randn(x0.shape, generator=g)
         if null_label is not None:
             y[torch.rand(batch, generator=g) < args.label_dropout] = null_label
         t, noise, y = t.to(info.device), noise.to(info.device), y.to(info.device)
         x_t = diffusion.q_sample(x0, t, noise)
-        torch.manual_seed(common.derive_seed(args.seed, step, info.rank, 1))  # dropout masks
-        model.train()
-        with common.autocast(args, info.device):
+        with loop.autocast(args, info.device):
             out = net(x_t, diffusion.network_timesteps(t), y)
         losses = training_losses(diffusion, out.float(), x0, x_t, t, noise)
         loss = losses["loss"].mean()
-        lr = common.optimisation_step(optimizer, loss, step, args)
-        ema.update(model)
-        for key in ("loss", "mse", "vb"):
-            running[key] = running.get(key, 0.0) + float(losses[key].mean())
-        running["n"] = running.get("n", 0) + 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.4f}")
-        done = step + 1
-        if done % args.log_every == 0 or done == args.steps:
-            n = running.pop("n")
-            metrics = common.all_reduce_mean({k: v / n for k, v in running.items()}, info)
-            log.write({"step": done, "lr": lr, **metrics, "seconds": run.seconds})
-            running = {}
-        if run.after_step(done):
-            break
-    bar.close()
-    if run.stopped_early():
+        return loop.StepResult(loss, {k: (float(losses[k].mean()), 1.0) for k in ("loss", "mse", "vb")},
+                               {"loss": f"{float(loss):.4f}"})
+
+    run = loop.fit(args, info, model, optimizer, len(data), step, desc="denoiser", ema=ema,
+                   start_record={"flags": flags, "diffusion": diffusion_config.to_dict()})
+    if run is None or not info.is_main:
         return 0
-    if info.is_main:
-        meta = {"diffusion": diffusion_config.to_dict(), "null_label": null_label, "class_names": data.class_names,
-                "flags": flags, "command": common.command_line(), "seed": args.seed,
-                "split": split_description(args.data), "part": "train", "steps": args.steps,
-                "batch_size": args.batch_size, "world": info.world, "amp": args.amp,
-                "train_seconds": round(run.seconds, 1), "weights": "ema",
-                "ema_rate": args.ema_rate, "default_respacing": args.default_respacing}
-        save_model_file(args.out / "model.pt", ema.model, kind="denoiser", config=kwargs, meta=meta)
-        print(f"wrote {args.out / 'model.pt'}", file=sys.stderr)
+    meta = loop.model_meta(args, info, run, diffusion=diffusion_config.to_dict(), null_label=null_label,
+                           class_names=data.class_names, flags=flags, weights="ema", ema_rate=args.ema_rate,
+                           default_respacing=args.default_respacing)
+    save_model_file(args.out / "model.pt", ema.model, kind="denoiser", config=kwargs, meta=meta)
+    print(f"wrote {args.out / 'model.pt'}", file=sys.stderr)
     return 0
 
 

@@ -17,10 +17,12 @@ replicate by replicate (the same seeds for both, so the pairing cancels the seed
 configuration and replicate under ``OUT/cache``, so an interrupted sweep resumes where it
 stopped; ``torchrun`` shards the seeds of each batch over processes.
 
-Method specs: ``unguided``, ``cfg`` (classifier-free; its scale is the CFG strength),
+Method specs are column specs (``engine/guidance.py``; README, "Column specs") without a
+scale: ``unguided``, ``cfg`` (classifier-free; its scale is the CFG strength),
 ``GUIDE[@SOURCE][+STABILISER]`` with SOURCE one of x_t, x0 (through the denoiser),
 x0_detached and STABILISER adam or ema, e.g. ``nonrobust@x0+adam``; a suffix ``*K`` multiplies
-every scale for that method (Adam's normalised output needs smaller scales: ``nonrobust@x0+adam*0.05``).
+every scale for that method (Adam's normalised output needs smaller scales: ``nonrobust@x0+adam*0.05``);
+``/KEY=VALUE`` sets any other guidance option (``robust/loss=logit``).
 ``--modes conditional,unconditional`` also runs every method with the denoiser's null
 label (GradCheck's setting: an unconditional model steered only by the classifier).
 
@@ -45,17 +47,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.cli_options import add_model_args, open_from_args
+from cli.models import add_model_args, open_from_args
 from engine.data import load_split
-from engine.guidance import GuidanceConfig
+from engine.guidance import GuidanceConfig, GuidanceSpec
 from engine.metrics import (InceptionV3Features, JudgeFeatures, class_accuracy, extract_features, frechet_distance,
                             precision_recall, real_baseline)
 
-from . import common
+from .distributed import DistInfo, gather_shards, run_main
+from .loop import progress
+from .sample import sample_indices
 
 METRICS = ("fid", "precision", "recall", "accuracy")
-SOURCES = {"x_t": "x_t", "x0": "x0_through_denoiser", "x0_detached": "x0_detached",
-           "x0_through_denoiser": "x0_through_denoiser"}
 
 
 @dataclass(frozen=True)
@@ -74,31 +76,15 @@ class Point:
 
 
 def method_config(spec: str, scale: float, mode: str, bundle, name: str) -> GuidanceConfig:
-    """Turn a method spec into a guidance config."""
-    spec, _, factor = spec.partition("*")
-    if factor:
-        try:
-            scale = scale * float(factor)
-        except ValueError:
-            raise SystemExit(f"method {spec!r}: the factor after '*' must be a number") from None
-    if spec == "unguided":
-        return GuidanceConfig(name=name, method="unguided", denoiser_mode=mode)
-    if spec == "cfg":
-        return GuidanceConfig(name=name, method="cfg", scale=scale, denoiser_mode="conditional")
-    head, _, stabiliser = spec.partition("+")
-    guide, _, source = head.partition("@")
-    if guide not in bundle.guide_info:
-        raise SystemExit(f"method {spec!r}: unknown guide {guide!r}; this bundle has {sorted(bundle.guide_info)}")
-    if source and source not in SOURCES:
-        raise SystemExit(f"method {spec!r}: source must be one of {sorted(SOURCES)}")
-    if stabiliser and stabiliser not in ("adam", "ema"):
-        raise SystemExit(f"method {spec!r}: stabiliser must be adam or ema")
-    overrides: dict[str, Any] = {"name": name, "scale": scale, "denoiser_mode": mode}
-    if source:
-        overrides["gradient_source"] = SOURCES[source]
-    if stabiliser:
-        overrides["stabiliser"] = stabiliser
-    return bundle.default_config(guide, **overrides)
+    """The guidance config of a method spec (``engine.guidance`` column-spec grammar) at one
+    swept scale and denoiser mode."""
+    try:
+        parsed = GuidanceSpec.parse(spec)
+        if parsed.scale is not None:
+            raise ValueError("give the scales with --scales (use '*K' to multiply them for this method)")
+        return parsed.to_config(bundle.guide_info, scale=scale, denoiser_mode=mode, name=name)
+    except ValueError as exc:
+        raise SystemExit(f"method {spec!r}: {exc}") from None
 
 
 def build_points(methods: list[str], scales: list[float], modes: list[str], bundle) -> list[Point]:
@@ -141,52 +127,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def sample_points(points: list[Point], bundle, args, info: common.DistInfo) -> None:
-    """Fill OUT/cache/<key>/rep<r>.npz for every point and replicate that lacks it."""
+def sample_points(points: list[Point], bundle, args, info: DistInfo) -> None:
+    """Fill OUT/cache/<key>/rep<r>.npz for every point and replicate that lacks it; the seeds
+    of each batch are sharded over the processes."""
     n_classes = bundle.num_classes
     total = args.per_class * n_classes
     labels_all = [i % n_classes for i in range(total)]
     todo = [(p, r) for r in range(args.replicates) for p in points
             if not (args.out / "cache" / p.key / f"rep{r}.npz").exists()]
-    bar = common.progress(len(todo) * total, 0, info.is_main and not args.no_progress, "sampling")
+    bar = progress(len(todo) * len(range(info.rank, total, info.world)), 0,
+                   info.is_main and not args.no_progress, "sampling")
+    batches = [list(range(s, min(total, s + args.batch_size)))[info.rank::info.world]
+               for s in range(0, total, args.batch_size)]
     for r in range(args.replicates):
         pending = [p for p, rr in todo if rr == r]
         for g in range(0, len(pending), args.group):
             group = pending[g:g + args.group]
-            chunks: dict[str, list[np.ndarray]] = {p.key: [] for p in group}
-            for start in range(0, total, args.batch_size):
-                idx = list(range(start, min(total, start + args.batch_size)))[info.rank::info.world]
-                if idx:
-                    seeds = [args.seed + r * 1_000_000 + i for i in idx]
-                    res = bundle.sample([p.config for p in group], [labels_all[i] for i in idx], seeds,
-                                        respacing=args.respacing, sampler=args.sampler)
-                    for p in group:
-                        chunks[p.key].append((np.array(idx), res.images[p.config.name].numpy()))
-                bar.update(len(group) * len(range(start, min(total, start + args.batch_size))))
+            indices, arrays, _ = sample_indices(
+                bundle, [p.config for p in group], batches, lambda i, r=r: args.seed + r * 1_000_000 + i,
+                labels_all.__getitem__, lambda images: images.numpy(),
+                on_batch=lambda idx, n=len(group): bar.update(n * len(idx)),
+                respacing=args.respacing, sampler=args.sampler)
             for p in group:
-                _write_cache(args.out / "cache" / p.key, r, chunks[p.key], labels_all, p, info)
+                folder = args.out / "cache" / p.key
+                merged = gather_shards(folder, f"rep{r}", {"images": arrays[p.config.name]}, indices, info)
+                if merged is not None:
+                    tmp = folder / f"rep{r}.tmp.npz"
+                    np.savez(tmp, images=merged["images"].astype(np.float32), labels=np.array(labels_all))
+                    tmp.replace(folder / f"rep{r}.npz")
+                    (folder / "config.json").write_text(json.dumps(p.config.to_dict(), indent=1))
     bar.close()
-
-
-def _write_cache(folder: Path, r: int, chunks, labels_all, point: Point, info: common.DistInfo) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    idx = np.concatenate([c[0] for c in chunks]) if chunks else np.zeros(0, dtype=np.int64)
-    imgs = np.concatenate([c[1] for c in chunks]) if chunks else np.zeros((0,))
-    np.savez(folder / f".rep{r}.rank{info.rank}.npz", idx=idx, images=imgs)
-    if info.distributed:
-        torch.distributed.barrier()
-    if info.is_main:
-        parts = [np.load(folder / f".rep{r}.rank{k}.npz") for k in range(info.world)]
-        order = np.concatenate([q["idx"] for q in parts])
-        images = np.concatenate([q["images"] for q in parts if len(q["idx"])])[np.argsort(order)]
-        tmp = folder / f"rep{r}.tmp.npz"
-        np.savez(tmp, images=images.astype(np.float32), labels=np.array(labels_all))
-        tmp.replace(folder / f"rep{r}.npz")
-        (folder / "config.json").write_text(json.dumps(point.config.to_dict(), indent=1))
-        for k in range(info.world):
-            (folder / f".rep{r}.rank{k}.npz").unlink(missing_ok=True)
-    if info.distributed:
-        torch.distributed.barrier()
 
 
 def _batches(images: torch.Tensor, size: int):
@@ -393,20 +363,21 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--modes takes conditional and/or unconditional")
     methods = [m.strip() for m in args.methods.split(",")]
     pairs = parse_pairs(args.paired, methods)
-    info = common.setup_distributed(args.device)
-    try:
-        bundle = open_from_args(args, str(info.device))
-        if "unconditional" in modes and bundle.null_label is None and bundle.denoiser.num_classes is not None:
-            raise SystemExit("--modes unconditional needs a denoiser trained with a null label")
-        points = build_points(methods, scales, modes, bundle)
-        sample_points(points, bundle, args, info)
-        if info.is_main:
-            rows = score_points(points, bundle, args)
-            rows[0]["paired"] = paired_differences(rows[1:], pairs)
-            write_outputs(rows, args)
-            print(json.dumps(rows, indent=1) if args.json else markdown(rows, args))
-    finally:
-        common.cleanup_distributed()
+    return run_main(args, lambda args, info: run(args, info, methods, scales, modes, pairs))
+
+
+def run(args: argparse.Namespace, info: DistInfo, methods: list[str], scales: list[float], modes: list[str],
+        pairs: list[tuple[str, str]]) -> int:
+    bundle = open_from_args(args, str(info.device))
+    if "unconditional" in modes and bundle.null_label is None and bundle.denoiser.num_classes is not None:
+        raise SystemExit("--modes unconditional needs a denoiser trained with a null label")
+    points = build_points(methods, scales, modes, bundle)
+    sample_points(points, bundle, args, info)
+    if info.is_main:
+        rows = score_points(points, bundle, args)
+        rows[0]["paired"] = paired_differences(rows[1:], pairs)
+        write_outputs(rows, args)
+        print(json.dumps(rows, indent=1) if args.json else markdown(rows, args))
     return 0
 
 

@@ -11,7 +11,9 @@ Examples::
 
     # vanilla vs robust on the bundled MNIST models
     python -m train.sample --out samples/demo --num-samples 100 --guides vanilla,robust
-    # a config file (a JSON list of engine.guidance.GuidanceConfig dicts)
+    # column specs: robust at scale 2 and the non-robust guide through x0 with Adam
+    python -m train.sample --out samples/specs --guides unguided,robust:2,nonrobust@x0+adam:0.05
+    # a config file (a JSON list of engine.guidance.GuidanceConfig dicts or column specs)
     python -m train.sample --out samples/x0 --configs configs.json --respacing 50 --sampler ddim
     # the paper's ImageNet 128 setting on a GPU, 4 processes
     torchrun --nproc_per_node=4 -m train.sample --out samples/in128 --preset-set imagenet128 \\
@@ -25,15 +27,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 
-from engine.cli_options import add_model_args, open_from_args
-from engine.guidance import GuidanceConfig, unguided
+from cli.models import add_model_args, open_from_args
+from engine.guidance import GuidanceConfig, parse_spec
 from engine.viz import grid, images_to_uint8, save_png, upscale, to_rgb
 
-from . import common
+from .distributed import DistInfo, gather_shards, run_main
+from .loop import command_line, progress
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,10 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", default="all", help="comma-separated class ids or 'all' (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of image 0 (image i: seed + i)")
     p.add_argument("--guides", default=None,
-                   help="comma-separated guide names, each with its default scale and source; "
-                        "'unguided' adds the plain denoiser (default: unguided + every guide)")
-    p.add_argument("--scale", type=float, default=None, help="override the scale of every --guides config")
-    p.add_argument("--configs", type=Path, default=None, help="JSON list of GuidanceConfig dicts")
+                   help="comma-separated column specs (README, 'Column specs'): guide names, each with its default "
+                        "scale and source, e.g. vanilla,robust:2,nonrobust@x0+adam:0.05; 'unguided' adds the plain "
+                        "denoiser (default: unguided + every guide)")
+    p.add_argument("--scale", type=float, default=None,
+                   help="the scale of every --guides config that does not give one")
+    p.add_argument("--configs", type=Path, default=None,
+                   help="JSON list of GuidanceConfig dicts or column specs")
     p.add_argument("--respacing", default=None, help="e.g. 100, ddim50, 10,15,20 (default: the bundle's)")
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default: 0)")
@@ -59,25 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def configs_from_args(args: argparse.Namespace, bundle) -> list[GuidanceConfig]:
+    """``--configs`` (a JSON list of GuidanceConfig dicts or column specs) or ``--guides``
+    (comma-separated column specs; ``--scale`` replaces the guides' default scales)."""
     if args.configs:
         try:
             raw = json.loads(args.configs.read_text())
-            return [GuidanceConfig.from_dict(c) for c in raw]
+            return [parse_spec(c, bundle.guide_info) if isinstance(c, str) else GuidanceConfig.from_dict(c)
+                    for c in raw]
         except (OSError, json.JSONDecodeError, ValueError, TypeError) as exc:
             raise SystemExit(f"--configs {args.configs}: {exc}") from None
-    names = args.guides.split(",") if args.guides else ["unguided", *bundle.guide_info]
-    configs = []
-    for name in names:
-        name = name.strip()
-        if name == "unguided":
-            configs.append(unguided())
-        else:
-            try:
-                extra = {"scale": args.scale} if args.scale is not None else {}
-                configs.append(bundle.default_config(name, **extra))
-            except ValueError as exc:
-                raise SystemExit(str(exc)) from None
-    return configs
+    specs = args.guides.split(",") if args.guides else ["unguided", *bundle.guide_info]
+    try:
+        return [parse_spec(s, bundle.guide_info, scale=args.scale) for s in specs]
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def parse_classes(text: str, num_classes: int) -> list[int]:
@@ -97,49 +99,58 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.num_samples <= 0 or args.batch_size <= 0:
         raise SystemExit("--num-samples and --batch-size must be positive")
-    info = common.setup_distributed(args.device)
-    try:
-        bundle = open_from_args(args, str(info.device))
-        configs = configs_from_args(args, bundle)
-        classes = parse_classes(args.classes, bundle.num_classes)
-        write_samples(bundle, configs, classes, args, info)
-    finally:
-        common.cleanup_distributed()
+    return run_main(args, run)
+
+
+def run(args: argparse.Namespace, info: DistInfo) -> int:
+    bundle = open_from_args(args, str(info.device))
+    configs = configs_from_args(args, bundle)
+    classes = parse_classes(args.classes, bundle.num_classes)
+    write_samples(bundle, configs, classes, args, info)
     return 0
 
 
-def write_samples(bundle, configs, classes, args, info: common.DistInfo) -> dict[str, Path]:
-    mine = list(range(info.rank, args.num_samples, info.world))
+def sample_indices(bundle, configs: list[GuidanceConfig], batches: Iterable[list[int]], seed_of: Callable[[int], int],
+                   label_of: Callable[[int], int], to_array: Callable[[torch.Tensor], np.ndarray], *,
+                   on_batch: Callable[[list[int]], None] | None = None,
+                   **sample_kwargs: Any) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any] | None]:
+    """Sample image i (seed ``seed_of(i)``, class ``label_of(i)``) for every config, one
+    sampler call per batch of indices; returns the indices, each config's images in that
+    order (``to_array`` of the sampler's output) and the run settings."""
+    done: list[int] = []
     images: dict[str, list[np.ndarray]] = {c.name: [] for c in configs}
     settings = None
-    bar = common.progress(len(mine), 0, info.is_main and not args.no_progress, "sampling images")
-    for start in range(0, len(mine), args.batch_size):
-        idx = mine[start:start + args.batch_size]
-        seeds = [args.seed + i for i in idx]
-        labels = [classes[i % len(classes)] for i in idx]
-        try:
-            result = bundle.sample(configs, labels, seeds, respacing=args.respacing, sampler=args.sampler, eta=args.eta)
-        except ValueError as exc:
-            raise SystemExit(str(exc)) from None
-        settings = result.settings
-        for c in configs:
-            images[c.name].append(images_to_uint8(result.images[c.name]))
-        bar.update(len(idx))
+    for idx in batches:
+        if idx:
+            try:
+                result = bundle.sample(configs, [label_of(i) for i in idx], [seed_of(i) for i in idx], **sample_kwargs)
+            except ValueError as exc:
+                raise SystemExit(str(exc)) from None
+            settings = result.settings
+            done.extend(idx)
+            for c in configs:
+                images[c.name].append(to_array(result.images[c.name]))
+        if on_batch is not None:
+            on_batch(idx)
+    arrays = {name: np.concatenate(parts) if parts else np.zeros((0,)) for name, parts in images.items()}
+    return np.array(done, dtype=np.int64), arrays, settings
+
+
+def write_samples(bundle, configs, classes, args, info: DistInfo) -> dict[str, Path]:
+    mine = list(range(info.rank, args.num_samples, info.world))
+    bar = progress(len(mine), 0, info.is_main and not args.no_progress, "sampling images")
+    indices, arrays, settings = sample_indices(
+        bundle, configs, [mine[s:s + args.batch_size] for s in range(0, len(mine), args.batch_size)],
+        lambda i: args.seed + i, lambda i: classes[i % len(classes)], images_to_uint8,
+        on_batch=lambda idx: bar.update(len(idx)), respacing=args.respacing, sampler=args.sampler, eta=args.eta)
     bar.close()
-    args.out.mkdir(parents=True, exist_ok=True)
-    shard = args.out / f".shard{info.rank}.npz"
-    np.savez(shard, **{f"img_{i}": np.concatenate(images[c.name]) if images[c.name] else np.zeros((0,))
-                       for i, c in enumerate(configs)}, indices=np.array(mine))
-    if info.distributed:
-        torch.distributed.barrier()
+    merged = gather_shards(args.out, "samples", {f"img_{k}": arrays[c.name] for k, c in enumerate(configs)},
+                           indices, info)
     written = {}
-    if info.is_main:
-        shards = [np.load(args.out / f".shard{r}.npz") for r in range(info.world)]
-        order = np.concatenate([s["indices"] for s in shards])
-        rank_of = np.argsort(order)
+    if merged is not None:
         all_labels = np.array([classes[i % len(classes)] for i in range(args.num_samples)], dtype=np.int64)
         for k, c in enumerate(configs):
-            arr = np.concatenate([s[f"img_{k}"] for s in shards if len(s[f"img_{k}"])])[rank_of]
+            arr = merged[f"img_{k}"]
             folder = args.out / c.name
             folder.mkdir(parents=True, exist_ok=True)
             n, h, w, ch = arr.shape
@@ -149,12 +160,10 @@ def write_samples(bundle, configs, classes, args, info: common.DistInfo) -> dict
             save_png(grid(upscale(to_rgb(arr[:100]), factor), ncols=10), folder / "grid.png")
             run = {"config": c.to_dict(), "seeds": [args.seed + i for i in range(args.num_samples)],
                    "labels": all_labels.tolist(), "settings": settings, "bundle": bundle.name,
-                   "command": common.command_line(), "class_names": bundle.class_names}
+                   "command": command_line(), "class_names": bundle.class_names}
             (folder / "run.json").write_text(json.dumps(run, indent=1))
             written[c.name] = path
             print(f"wrote {path}", file=sys.stderr)
-        for r in range(info.world):
-            (args.out / f".shard{r}.npz").unlink(missing_ok=True)
     return written
 
 

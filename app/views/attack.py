@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from engine.inspect import scaled_attack_eps, targeted_attack
+from engine.probes import scaled_attack_eps, targeted_attack
 
 from .. import render
 from ..errors import user_errors

@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from engine.inspect import inspect_gradients
+from engine.probes import inspect_gradients
 
 from .. import render
 from ..errors import user_errors

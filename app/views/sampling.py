@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from engine.lab_support import column_stability, record_every_for
+from engine.summaries import column_stability, record_every_for
 from engine.sampler import SamplingCancelled
 from engine.trace import TraceOptions
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from engine.lab_support import column_stability
+from engine.summaries import column_stability
 from engine.sampler import SamplingCancelled
 
 from .. import columns as cols

@@ -1,4 +1,5 @@
-"""Per-image analyses behind the lab's inspector views (the paper's Figures 3 and 4).
+"""Probes of one image (the paper's Figures 3 and 4): each guide's gradient at several
+timesteps, and a targeted attack against each guide.
 
 - :func:`inspect_gradients`: noise a clean image to x_t = q_sample(x_0, t) at several
   timesteps (one noise draw from ``seed``, shared by all guides) and compute each

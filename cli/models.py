@@ -1,11 +1,12 @@
 """Command-line options that name models, shared by every front door (lab, sampling,
-evaluation, survey). Plain argparse: no UI here."""
+evaluation). Plain argparse over ``engine.bundles.open_models``; the engine itself has no
+argparse."""
 
 from __future__ import annotations
 
 import argparse
 
-from .bundles import Bundle, BundleError, open_models
+from engine.bundles import Bundle, BundleError, open_models
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

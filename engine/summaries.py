@@ -1,4 +1,5 @@
-"""Small reductions the browser lab shows next to a run (GradCheck's stability view).
+"""Summaries of a run for display: gradient stability per column (GradCheck), frame picking,
+what an attack changed.
 
 - :func:`record_every_for`: the trace's ``record_every`` that keeps about ``frames``
   image-sized snapshots of a ``num_steps`` run (memory stays bounded on big models);

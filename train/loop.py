@@ -1,6 +1,7 @@
-"""Shared training machinery: single-process or ``torchrun`` (DistributedDataParallel),
-deterministic data order and per-step randomness (so ``--resume`` continues bit for bit),
-atomic checkpoints, JSON-lines logs, linear learning-rate annealing and EMA weights.
+"""The training loop every trainer shares (:func:`fit`) and what it rests on: deterministic
+data order and per-step randomness (so ``--resume`` continues bit for bit), linear
+learning-rate annealing, EMA weights, atomic checkpoints, JSON-lines logs and one way of
+averaging metrics.
 
 Determinism: the batch of step s on rank r is a slice of the permutation of epoch
 s // steps_per_epoch (a generator seeded from (seed, epoch)), and every other random
@@ -19,75 +20,17 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
 import torch
-import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from engine.data import DataError, load_split, split_description
 
-# ---------------------------------------------------------------------------- distributed
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-
-def setup_distributed(device: str = "auto") -> DistInfo:
-    """Join the process group when started by ``torchrun`` (gloo on CPU, nccl on GPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise SystemExit("--device cuda was requested but no CUDA device is available")
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return DistInfo(rank, world, local_rank, dev)
-
-
-def cleanup_distributed() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def all_reduce_mean(values: dict[str, float], info: DistInfo) -> dict[str, float]:
-    """Average scalar metrics over ranks (every rank must pass the same keys)."""
-    if not info.distributed or not values:
-        return values
-    return reduce_means({k: v for k, v in values.items()}, {k: 1.0 for k in values}, info)
-
-
-def reduce_means(sums: dict[str, float], counts: dict[str, float], info: DistInfo) -> dict[str, float]:
-    """sum over ranks of sums / sum over ranks of counts, per key; NaN where no rank
-    counted anything. Every rank must pass the same keys (collectives must match)."""
-    keys = sorted(sums)
-    totals = torch.tensor([[float(sums[k]), float(counts.get(k, 0.0))] for k in keys], dtype=torch.float64)
-    if info.distributed:
-        if info.device.type == "cuda":
-            totals = totals.to(info.device)
-        dist.all_reduce(totals)
-        totals = totals.cpu()
-    return {k: (float(s) / float(c) if c > 0 else float("nan")) for k, (s, c) in zip(keys, totals.tolist())}
+from .distributed import DistInfo, reduce_means
 
 
 # ---------------------------------------------------------------------------- randomness
@@ -243,6 +186,15 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def add_unet_args(group: argparse._ArgumentGroup) -> None:
+    """--image-size / --channel-mult / --attention-resolutions: the layout options the
+    denoiser and the classifier (both guided-diffusion UNets) share."""
+    group.add_argument("--image-size", type=int, default=None, help="model resolution (default: the data's)")
+    group.add_argument("--channel-mult", default="1,2,2", help="width multiplier per level (default: 1,2,2)")
+    group.add_argument("--attention-resolutions", default="7",
+                       help="pixel resolutions with self-attention (default: 7)")
+
+
 def check_common_args(args: argparse.Namespace) -> None:
     if args.steps <= 0:
         raise SystemExit("--steps must be positive")
@@ -295,10 +247,6 @@ class Timer:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
-
-
-def iterate_steps(start: int, total: int) -> Iterator[int]:
-    return iter(range(start, total))
 
 
 def nan_guard(loss: torch.Tensor, step: int) -> None:
@@ -371,10 +319,91 @@ class TrainingRun:
         return False
 
 
-def run_main(args: argparse.Namespace, train_fn) -> int:
-    """Join the process group (under torchrun), train, and always leave it."""
-    info = setup_distributed(args.device)
+# ---------------------------------------------------------------------------- the loop
+class Meter:
+    """Metrics as (sum, count) per key between two log lines; :meth:`means` reduces them
+    over ranks as sum(sums) / sum(counts) (NaN where nothing was counted). Every rank
+    must add the same keys."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
+
+    def add(self, stats: dict[str, tuple[float, float]]) -> None:
+        for key, (total, count) in stats.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(total)
+            self.counts[key] = self.counts.get(key, 0.0) + float(count)
+
+    def means(self, info: DistInfo) -> dict[str, float]:
+        values = reduce_means(self.sums, self.counts, info)
+        self.sums, self.counts = {}, {}
+        return values
+
+
+@dataclass
+class StepResult:
+    """What a trainer's step function returns: the loss to minimise, metrics as
+    (sum, count) pairs, and what the progress bar shows."""
+
+    loss: torch.Tensor
+    stats: dict[str, tuple[float, float]]
+    postfix: dict[str, str] = field(default_factory=dict)
+
+
+# step(net, idx, generator) -> StepResult: net is the model (DDP-wrapped under torchrun),
+# idx this rank's batch indices, generator the step's random draws.
+StepFn = Callable[[nn.Module, torch.Tensor, torch.Generator], StepResult]
+
+
+def load_training_data(args: argparse.Namespace, part: str = "train", image_size: int | None = None):
+    """``--data``'s ``part`` of the shared split; a clean exit message when it cannot be read."""
     try:
-        return train_fn(args, info)
-    finally:
-        cleanup_distributed()
+        return load_split(args.data, part, image_size=image_size, on_error=args.on_bad_image)
+    except DataError as exc:
+        raise SystemExit(f"data: {exc}") from None
+
+
+def fit(args: argparse.Namespace, info: DistInfo, model: nn.Module, optimizer: torch.optim.Optimizer,
+        n_items: int, step: StepFn, *, desc: str, ema: EMA | None = None,
+        start_record: dict[str, Any] | None = None) -> TrainingRun | None:
+    """The loop of every trainer, from ``--resume``'s step to ``--steps``: per step the
+    batch indices and generator (:func:`batch_indices`, :func:`step_generator`), the
+    dropout seed, ``step(net, idx, generator)``, :func:`optimisation_step`, the EMA update,
+    metrics (:class:`Meter`) logged every ``--log-every`` steps, checkpoints
+    (:class:`TrainingRun`). Returns the run, or None when ``--stop-after`` stopped it."""
+    run = TrainingRun(args, info, model, optimizer, ema)
+    net = DistributedDataParallel(model) if info.distributed else model
+    batch = per_rank_batch(args, info)
+    log = JsonlLog(args.out / "log.jsonl", info.is_main)
+    if info.is_main and run.start == 0:
+        log.write({"event": "start", "command": command_line(), **(start_record or {}), "world": info.world,
+                   "images": n_items, "parameters": sum(p.numel() for p in model.parameters())})
+    bar = progress(args.steps, run.start, info.is_main and not args.no_progress, desc)
+    meter = Meter()
+    for s in range(run.start, args.steps):
+        idx = batch_indices(n_items, batch, s, args.seed, info)
+        g = step_generator(args.seed, s, info.rank)
+        torch.manual_seed(derive_seed(args.seed, s, info.rank, 1))  # dropout masks
+        model.train()
+        result = step(net, idx, g)
+        lr = optimisation_step(optimizer, result.loss, s, args)
+        if ema is not None:
+            ema.update(model)
+        meter.add(result.stats)
+        bar.update(1)
+        if result.postfix:
+            bar.set_postfix(**result.postfix)
+        done = s + 1
+        if done % args.log_every == 0 or done == args.steps:
+            log.write({"step": done, "lr": lr, **meter.means(info), "seconds": run.seconds})
+        if run.after_step(done):
+            break
+    bar.close()
+    return None if run.stopped_early() else run
+
+
+def model_meta(args: argparse.Namespace, info: DistInfo, run: TrainingRun, **extra: Any) -> dict[str, Any]:
+    """The provenance every exported model file carries, plus ``extra``."""
+    return {"command": command_line(), "seed": args.seed, "split": split_description(args.data), "part": "train",
+            "steps": args.steps, "batch_size": args.batch_size, "world": info.world, "amp": args.amp,
+            "train_seconds": round(run.seconds, 1), **extra}
