@@ -28,7 +28,8 @@ background:#000}
 button{font-size:1.05rem;padding:10px 22px;border-radius:8px;border:1px solid #3b6fd8;background:#3b6fd8;color:#fff;
 cursor:pointer} button.secondary{background:#fff;color:#3b6fd8} button:disabled{opacity:.5;cursor:wait}
 table{border-collapse:collapse;margin:8px 0 16px} td,th{border:1px solid #d5dae2;padding:4px 8px;text-align:left}
-.error{border-left:4px solid #c0392b} code{background:#eef1f5;padding:1px 4px;border-radius:4px}
+.error{border-left:4px solid #c0392b}
+.warning{border-left:4px solid #d68910;background:#fdf2e0;padding:8px 12px} code{background:#eef1f5;padding:1px 4px;border-radius:4px}
 """
 
 SCRIPT = """
@@ -139,6 +140,9 @@ def markdown_to_html(text: str) -> str:
             items.append(line[2:])
             continue
         flush()
+        if line.startswith("> "):
+            out.append(f'<p class="warning">{_inline(line[2:])}</p>')
+            continue
         heading = re.match(r"(#{1,4}) (.*)", line)
         if heading:
             level = len(heading.group(1))
