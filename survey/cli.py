@@ -10,7 +10,7 @@ Create a study from the project's bundled MNIST models (vanilla s=0.5 vs robust 
         --methods vanilla:0.5 robust:1.0 --pairs 200 --gold-rate 0.1 --repeat-rate 0.1 --seed 0 \\
         --exclude-gold-below 0.75
     python -m survey invite --db survey.db --count 30 --base-url http://localhost:8000
-    python -m survey serve  --db survey.db --host 0.0.0.0 --port 8000 --admin-password "$PW"
+    RCG_ADMIN_PASSWORD='long secret' python -m survey serve --db survey.db --host 0.0.0.0 --port 8000
     python -m survey report --db survey.db              # Markdown; --json for JSON
     python -m survey export --db survey.db --out votes.csv
     python -m survey report --votes votes.csv --denominator all
@@ -34,7 +34,7 @@ from typing import Sequence
 
 from .quality import DEFAULT_FAST_MS, ExclusionRules
 
-ADMIN_ENV = "SURVEY_ADMIN_PASSWORD"
+from .config import ADMIN_PASSWORD_ENV as ADMIN_ENV, SURVEY_DB_ENV
 
 
 EXAMPLES = {
@@ -54,14 +54,16 @@ EXAMPLES = {
   python -m survey invite --db survey.db --count 30 --base-url http://HOST:8000
   python -m survey invite --db survey.db --name "Ann" --name "Bob" --base-url http://HOST:7860/survey""",
     "serve": """\
-  SURVEY_ADMIN_PASSWORD='long secret' python -m survey serve --db survey.db --host 0.0.0.0 --port 8000
+  RCG_ADMIN_PASSWORD='long secret' python -m survey serve --db survey.db --host 0.0.0.0 --port 8000
   python -m survey serve --db survey.db          # raters only; the results view stays off
-(give the password through SURVEY_ADMIN_PASSWORD: a --admin-password on the command
-line can be read by other users of the machine, e.g. with ps)""",
+(give the password through RCG_ADMIN_PASSWORD, the same variable as the lab's; a
+--admin-password on the command line can be read by other users of the machine, e.g.
+with ps. The old name SURVEY_ADMIN_PASSWORD is still read, with a deprecation note)""",
     "report": """\
   python -m survey report --db survey.db
   python -m survey report --db survey.db --json --out report.json
   python -m survey report --db survey.db --denominator all --thresholds 50,60,70,80
+  python -m survey report --db survey.db --no-exclusions     # every rater; lists whom the rules would remove
   python -m survey report --votes votes.csv --order robust,vanilla --exclude-gold-below 0.75""",
     "export": """\
   python -m survey export --db survey.db --out votes.csv
@@ -106,8 +108,11 @@ def default_media(db: str) -> Path:
 
 
 def _add_db(p: argparse.ArgumentParser, media: bool = False) -> None:
-    p.add_argument("--db", required=True, help="SQLAlchemy URL or SQLite file, e.g. survey.db or "
-                                               "postgresql+psycopg://user@host/survey")
+    default = os.environ.get(SURVEY_DB_ENV) or None
+    p.add_argument("--db", required=default is None, default=default,
+                   help="SQLAlchemy URL or SQLite file, e.g. survey.db or postgresql+psycopg://user@host/survey "
+                        f"(default: the environment variable {SURVEY_DB_ENV}, which keeps a database password "
+                        "out of ps)")
     if media:
         p.add_argument("--media", type=Path, help="folder of the study images (default: <db>_media next to a "
                                                   "SQLite file)")
@@ -207,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                f"{DEFAULT_FAST_MS:g})")
     p.add_argument("--out", type=Path, help="write to this file instead of standard output")
     _add_exclusions(p, "given here replace the study's declared rules; say so in the paper")
+    p.add_argument("--no-exclusions", action="store_true",
+                   help="count every rater: the rules are listed with whom they would remove, but not applied")
 
     p = _command(sub, "export", "write the raw votes as CSV (format: README, survey/votes.py)")
     _add_db(p)
@@ -304,10 +311,9 @@ def cmd_invite(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .web import serve
 
-    if args.admin_password:
-        print(f"warning: a password given with --admin-password can be read by other users of this machine (ps); "
-              f"set {ADMIN_ENV} instead", file=sys.stderr, flush=True)
-    password = args.admin_password or os.environ.get(ADMIN_ENV) or None
+    from .config import admin_password
+
+    password = admin_password(args.admin_password)
     media = args.media or default_media(args.db)
     from .db import open_db
 
@@ -356,7 +362,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: --thresholds must be numbers separated by commas, got {args.thresholds!r}") from None
     options = ReportOptions(thresholds, args.denominator, args.confidence, args.bootstrap, args.seed, order,
                             float(fast_ms if fast_ms is not None else DEFAULT_FAST_MS), rules or ExclusionRules(),
-                            rules_source)
+                            rules_source, apply_exclusions=not args.no_exclusions)
     report = build_report(votes, options, title, source)
     text = report_json(report) if args.json else report_markdown(report)
     if args.out:

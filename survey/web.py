@@ -250,7 +250,8 @@ def create_survey_app(db_url: str | Path, media_dir: str | Path, admin_password:
 
     def denied() -> Response:
         if admin_password is None:
-            return PlainTextResponse("the results view is disabled: start the server with --admin-password", 403)
+            return PlainTextResponse("the results view is disabled: start the server with the environment variable "
+                                     "RCG_ADMIN_PASSWORD set", 403)
         return PlainTextResponse("admin password required", 401,
                                  headers={"WWW-Authenticate": 'Basic realm="survey results", charset="UTF-8"'})
 
@@ -258,25 +259,29 @@ def create_survey_app(db_url: str | Path, media_dir: str | Path, admin_password:
     def results(request: Request, study: str | None = None) -> Response:
         if not authorised(request):
             return denied()
-        from .report import report_markdown
-
         try:
-            current, report, counts = _report(db, study)
-            text = pages.markdown_to_html(report_markdown(report)) if report else \
-                "<p>No votes yet.</p>"
+            current, text, counts = _report_html(db, study)
         except (ValueError, LookupError) as exc:
             return _html(pages.error_page(str(exc)), 400)
-        names = _study_names(db)
-        return _html(pages.results_page(text, names, current.name, counts, []))
+        return _html(pages.results_page(text, _study_names(db), current.name, counts, []))
 
     @app.get("/results.json")
     def results_json(request: Request, study: str | None = None) -> Response:
         if not authorised(request):
             return denied()
+        from .analysis import AnalysisError
+
         try:
-            _current, report, counts = _report(db, study)
+            current = _find(db, study)
         except (ValueError, LookupError) as exc:
             return JSONResponse({"error": str(exc)}, 400)
+        try:
+            _current, report, counts = _report(db, current.name)
+        except AnalysisError as exc:  # progress stays readable when the figures cannot be computed
+            from .create import study_counts
+
+            return JSONResponse({"counts": study_counts(db, current.id), "report": None, "error": str(exc)},
+                                headers=SECURITY_HEADERS)
         return JSONResponse({"counts": counts, "report": report}, headers=SECURITY_HEADERS)
 
     @app.get("/votes.csv")
@@ -319,10 +324,7 @@ def create_survey_app(db_url: str | Path, media_dir: str | Path, admin_password:
             return _html(pages.error_page(str(exc)), 400)
         base = str(request.base_url).rstrip("/") + request.scope.get("root_path", "")
         links = flow.invite_links(raters, base)
-        _c, report, counts = _report(db, current.name)
-        from .report import report_markdown
-
-        text = pages.markdown_to_html(report_markdown(report)) if report else "<p>No votes yet.</p>"
+        _c, text, counts = _report_html(db, current.name)
         return _html(pages.results_page(text, _study_names(db), current.name, counts, links))
 
     return app
@@ -354,6 +356,30 @@ def _report(db: SurveyDB, study: str | None) -> tuple[Study, dict | None, dict]:
 
     current = find_study(db, study)
     return current, study_report(db, current.name, bootstrap=1000), study_counts(db, current.id)
+
+
+def _find(db: SurveyDB, study: str | None) -> Study:
+    from .create import find_study
+
+    return find_study(db, study)
+
+
+def _report_html(db: SurveyDB, study: str | None) -> tuple[Study, str, dict]:
+    """The study, its report as HTML and its counts. A report that cannot be computed
+    (e.g. no main-pair answers yet) becomes a note in the page: progress, the invite
+    form and the links stay usable."""
+    from .analysis import AnalysisError
+    from .create import study_counts
+    from .report import report_markdown
+
+    current = _find(db, study)
+    try:
+        _c, report, counts = _report(db, current.name)
+    except AnalysisError as exc:
+        note = f'<p class="error" id="report-error">The report cannot be computed yet: {pages.esc(exc)}</p>'
+        return current, note, study_counts(db, current.id)
+    text = pages.markdown_to_html(report_markdown(report)) if report else "<p>No votes yet.</p>"
+    return current, text, counts
 
 
 def serve(db_url: str | Path, media_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
