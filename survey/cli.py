@@ -10,6 +10,7 @@ Create a study from the project's bundled MNIST models (vanilla s=0.5 vs robust 
         --methods vanilla:0.5 robust:1.0 --pairs 200 --gold-rate 0.1 --repeat-rate 0.1 --seed 0 \\
         --exclude-gold-below 0.75
     python -m survey invite --db survey.db --count 30 --base-url http://localhost:8000
+    python -m survey open-link --db survey.db --base-url https://HOST --quota 60   # Prolific, MTurk, ...
     RCG_ADMIN_PASSWORD='long secret' python -m survey serve --db survey.db --host 0.0.0.0 --port 8000
     python -m survey report --db survey.db              # Markdown; --json for JSON
     python -m survey export --db survey.db --out votes.csv
@@ -53,6 +54,13 @@ EXAMPLES = {
     "invite": """\
   python -m survey invite --db survey.db --count 30 --base-url http://HOST:8000
   python -m survey invite --db survey.db --name "Ann" --name "Bob" --base-url http://HOST:7860/survey""",
+    "open-link": """\
+  python -m survey open-link --db survey.db --study mnist-v-r --base-url https://HOST/survey --quota 60 \\
+      --completion-code C7Q2XK1P --completion-url "https://app.prolific.com/submissions/complete?cc=C7Q2XK1P" \\
+      --screenout-code SCRN0UT1
+  python -m survey open-link --db survey.db --id-param workerId --keep-params assignmentId hitId   # MTurk
+  python -m survey open-link --db survey.db --quota 80          # change one setting, keep the others
+  python -m survey open-link --db survey.db --close             # no new participants (the others may finish)""",
     "serve": """\
   RCG_ADMIN_PASSWORD='long secret' python -m survey serve --db survey.db --host 0.0.0.0 --port 8000
   python -m survey serve --db survey.db          # raters only; the results view stays off
@@ -186,6 +194,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-url", default="http://127.0.0.1:8000",
                    help="where raters reach the survey, e.g. http://host:7860/survey when mounted in the lab")
 
+    p = _command(sub, "open-link", "open (or change) a study's public link for crowdsourcing platforms (Prolific, "
+                                   "MTurk, ...)")
+    _add_db(p)
+    p.add_argument("--study", help="study name or id (default: the newest)")
+    p.add_argument("--base-url", default="http://127.0.0.1:8000",
+                   help="where participants reach the survey, e.g. https://host/survey")
+    p.add_argument("--id-param", default=None, metavar="NAME",
+                   help="URL parameter carrying the participant id (new link: PROLIFIC_PID)")
+    p.add_argument("--keep-params", nargs="*", default=None, metavar="NAME",
+                   help="other URL parameters stored with the participant and exported (new link: STUDY_ID "
+                        "SESSION_ID; give none to keep none)")
+    p.add_argument("--quota", type=int, default=None, help="at most this many participants (default: no limit)")
+    p.add_argument("--no-quota", action="store_true", help="remove the quota")
+    p.add_argument("--completion-code", default=None, help="code shown at the end (new link: a random one)")
+    p.add_argument("--completion-url", default=None, help="http(s) address participants are sent to at the end, "
+                                                          "e.g. the platform's completion URL")
+    p.add_argument("--screenout-code", default=None,
+                   help="code shown instead when the study's gold rule (--exclude-gold-below) excludes the "
+                        "participant (default: everyone gets the completion code)")
+    p.add_argument("--screenout-url", default=None, help="http(s) address for screened-out participants")
+    p.add_argument("--new-secret", action="store_true", help="replace the link's secret (the old link stops working)")
+    p.add_argument("--close", action="store_true",
+                   help="take no new participants (those who started may finish); run again without it to reopen")
+
     p = _command(sub, "serve", "run the survey web server alone (uvicorn)")
     _add_db(p, media=True)
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
@@ -308,6 +340,36 @@ def cmd_invite(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_open_link(args: argparse.Namespace) -> int:
+    from .create import find_study
+    from .db import open_db
+    from .links import _UNSET, open_link
+
+    if args.quota is not None and args.no_quota:
+        raise SystemExit("error: give --quota N or --no-quota, not both")
+    db = open_db(args.db, must_exist=True)
+    study = find_study(db, args.study)
+    quota = None if args.no_quota else (args.quota if args.quota is not None else _UNSET)
+    link = open_link(db, study.id, id_param=args.id_param, keep_params=args.keep_params, quota=quota,
+                     completion_code=args.completion_code,
+                     completion_url=args.completion_url if args.completion_url is not None else _UNSET,
+                     screenout_code=args.screenout_code if args.screenout_code is not None else _UNSET,
+                     screenout_url=args.screenout_url if args.screenout_url is not None else _UNSET,
+                     new_secret=args.new_secret, is_open=not args.close)
+    print(f"study {link.study!r}: link {'OPEN' if link.is_open else 'CLOSED (no new participants)'}, "
+          f"{link.participants} participant(s)" + (f" of {link.quota}" if link.quota else " (no quota)"))
+    print(f"study link:     {link.url(args.base_url)}?{link.id_param}=<participant id>")
+    print(f"for Prolific:   {link.prolific_url(args.base_url)}")
+    print(f"participant id: URL parameter {link.id_param}; also stored: {', '.join(link.keep_params) or 'nothing'}")
+    print(f"completion:     code {link.completion_code}" + (f", then to {link.completion_url}" if link.completion_url
+                                                            else " (no redirect)"))
+    if link.screenout_code:
+        print(f"screen-out:     code {link.screenout_code}" + (f", then to {link.screenout_url}" if link.screenout_url
+                                                               else "") + " (gold rule of the study: "
+              + "; ".join(ExclusionRules.from_dict(study.settings.get("exclusions")).describe()) + ")")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .web import serve
 
@@ -426,8 +488,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"init": cmd_init, "create": cmd_create, "invite": cmd_invite, "serve": cmd_serve, "report": cmd_report,
-            "export": cmd_export, "power": cmd_power, "info": cmd_info}
+COMMANDS = {"init": cmd_init, "create": cmd_create, "invite": cmd_invite, "open-link": cmd_open_link,
+            "serve": cmd_serve, "report": cmd_report, "export": cmd_export, "power": cmd_power, "info": cmd_info}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

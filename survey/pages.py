@@ -52,9 +52,9 @@ def esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def page(title: str, body: str, script: bool = False) -> str:
+def page(title: str, body: str, script: bool = False, head: str = "") -> str:
     js = f"<script>{SCRIPT}</script>" if script else ""
-    return (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+    return (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">{head}"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<meta name=\"referrer\" content=\"no-referrer\"><title>{esc(title)}</title><style>{STYLE}</style>"
             f"</head><body><main>{body}</main>{js}</body></html>")
@@ -68,8 +68,8 @@ class the images are meant to show. For each pair, answer the question</p>
 <p>by choosing <strong>Left</strong>, <strong>Right</strong> or <strong>Same</strong> (no preference). There are no
 right or wrong answers for most pairs; a few pairs check attention. Please answer on your own and take the time you
 need. You can stop and come back later with the same link; you will continue where you stopped.</p>
-<p class="muted">We store your answers, the time of each answer and the name given with your invitation (if any),
-only for this study. Nothing else about you or your browser is recorded.</p>
+<p class="muted">We store your answers, the time of each answer and the name given with your invitation or the
+participant id of the platform that sent you (if any), only for this study. Nothing else about you or your browser is recorded.</p>
 <form method="post" action="{esc(token)}/consent"><button type="submit">I agree, start</button></form></div>"""
     return page("Image comparison survey", body)
 
@@ -96,6 +96,28 @@ def finish_page(answered: int) -> str:
     body = f"""<div class="card" id="finished"><h1>Thank you!</h1><p>You answered {answered} pairs. Your answers are
 saved; you can close this page.</p></div>"""
     return page("Thank you", body)
+
+
+def completion_page(answered: int, code: str, url: str | None, screened_out: bool) -> str:
+    """The end of a study-link participation: the code to give the platform, and a
+    redirect to the platform's completion URL when one is set."""
+    head = "Thank you!" if not screened_out else "Thank you for taking part"
+    what = "completion code" if not screened_out else "code"
+    go = refresh = ""
+    if url:
+        go = (f'<p><a id="completion-link" href="{esc(url)}">Continue to the study platform</a>; you will be taken '
+              'there in a few seconds.</p>')
+        refresh = f'<meta http-equiv="refresh" content="3;url={esc(url)}">'
+
+    body = f"""<div class="card" id="finished"><h1>{head}</h1><p>You answered {answered} pairs. Your answers are
+saved.</p><p>Your {what}: <strong id="completion-code">{esc(code)}</strong></p>
+<p class="muted">Enter it on the study platform if it asks for one.</p>{go}</div>"""
+    return page("Thank you", body, head=refresh)
+
+
+def study_full_page(message: str) -> str:
+    body = f'<div class="card error" id="study-full"><h1>This study is full</h1><p id="error">{esc(message)}</p></div>'
+    return page("Study full", body)
 
 
 def error_page(message: str, back: str | None = None) -> str:
@@ -170,5 +192,5 @@ New rater links: <input name="count" value="1" size="3"> <button class="secondar
     return page("Survey results", body)
 
 
-__all__ = ["consent_page", "error_page", "finish_page", "landing_page", "markdown_to_html", "pair_page",
-           "results_page"]
+__all__ = ["completion_page", "consent_page", "error_page", "finish_page", "landing_page", "markdown_to_html",
+           "pair_page", "results_page", "study_full_page"]

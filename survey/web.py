@@ -7,7 +7,11 @@
 Routes (relative to the mount point; every link in the pages is relative too):
 
     GET  /                      a neutral landing page (no lab, no results)
-    GET  /r/{invite}            consent, the current pair, or the finish page
+    GET  /s/{secret}?PROLIFIC_PID=..   a study's public link (crowdsourcing): join or resume,
+                                then 303 to /r/{invite}; 404 unknown link, 400 missing or
+                                malformed id, 409 study full, 410 closed
+    GET  /r/{invite}            consent, the current pair, or the finish page (with the
+                                completion code and redirect for study-link participants)
     POST /r/{invite}/consent    agree and start
     POST /r/{invite}/vote       form fields impression=<token>, answer=L|R|S -> 303 back
                                 (or JSON {"impression", "answer"} -> JSON reply)
@@ -189,9 +193,33 @@ def create_survey_app(db_url: str | Path, media_dir: str | Path, admin_password:
         if current.status == "consent":
             return _html(pages.consent_page(token, current.total, _question(db, token)))
         if current.status == "finished":
+            from .links import completion
+
+            done = completion(db, token)  # a crowdsourcing participant: completion or screen-out code
+            if done is not None:
+                return _html(pages.completion_page(current.answered, done.code, done.url, done.screened_out))
             return _html(pages.finish_page(current.answered))
         s = current.showing
         return _html(pages.pair_page(token, s.token, s.class_name, s.question, s.position, s.total))
+
+    @app.get("/s/{secret}")
+    def study_link(secret: str, request: Request) -> Response:
+        """The public link of a study on a crowdsourcing platform: the participant id comes
+        from the URL; a known id resumes, a new one joins (within the quota)."""
+        from . import links
+
+        try:
+            try:
+                params = parse_qs(request.url.query, keep_blank_values=True, max_num_fields=50)
+            except ValueError:
+                raise links.LinkError("this link has too many parameters; open the study from the platform's "
+                                      "page again") from None
+            rater = links.join(db, secret, params)
+        except links.StudyFull as exc:
+            return _html(pages.study_full_page(exc.message), exc.status)
+        except flow.FlowError as exc:
+            return _html(pages.error_page(exc.message), exc.status)
+        return RedirectResponse(f"../r/{rater.invite_token}", status_code=303, headers=SECURITY_HEADERS)
 
     @app.post("/r/{token}/consent")
     def give_consent(token: str) -> Response:

@@ -192,7 +192,7 @@ def test_power_command(capsys):
     assert "differ from 0.5" in capsys.readouterr().err
 
 
-COMMANDS = ("init", "create", "invite", "serve", "report", "export", "power", "info")
+COMMANDS = ("init", "create", "invite", "open-link", "serve", "report", "export", "power", "info")
 
 
 @pytest.mark.parametrize("command", COMMANDS)
