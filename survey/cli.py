@@ -50,7 +50,9 @@ EXAMPLES = {
       --methods vanilla:0.5 robust:1.0 strong=robust:2 --pairs 100
   python -m survey create --db survey.db --name imagenet --from-npz vanilla.npz robust.npz \\
       --names vanilla robust --class-names imagenet_classes.txt --pairs 200
-  python -m survey create --db survey.db --name folders --from-folders out/vanilla out/robust""",
+  python -m survey create --db survey.db --name folders --from-folders out/vanilla out/robust
+  python -m survey create --db survey.db --name from-lab --from-run runs/0003/run_config.json \\
+      --columns vanilla robust --pairs 100 --seed 1   # a lab run: same configs, sampler, steps""",
     "invite": """\
   python -m survey invite --db survey.db --count 30 --base-url http://HOST:8000
   python -m survey invite --db survey.db --name "Ann" --name "Bob" --base-url http://HOST:7860/survey""",
@@ -167,8 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="two guided-diffusion sample files with the same seeds and labels (paired by index)")
     src.add_argument("--from-folders", nargs=2, type=Path, metavar=("DIR_A", "DIR_B"),
                      help="two folders of images matched by relative file name")
-    p.add_argument("--methods", nargs="+", default=["vanilla:0.5", "robust:1.0"],
-                   help="bundle methods as [label=]guide[:scale]")
+    src.add_argument("--from-run", type=Path, metavar="RUN_CONFIG_JSON",
+                     help="a lab run's run_config.json (side by side download): the same column configs, sampler, "
+                          "steps and models, fresh seeds")
+    p.add_argument("--columns", nargs="+", metavar="NAME",
+                   help="with --from-run: the run's columns to compare (default: all, at least two)")
+    p.add_argument("--bundle", default=None, metavar="BUNDLE_DIR",
+                   help="with --from-run: the models (default: the run's models folder when it still exists, else "
+                        "the project's models/)")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="bundle methods as [label=]guide[:scale] (default: vanilla:0.5 robust:1.0)")
     p.add_argument("--names", nargs=2, metavar=("A", "B"), help="method names of the two files / folders")
     p.add_argument("--class-names", type=Path, help="JSON list or one class name per line (for labels)")
     p.add_argument("--pairs", type=int, default=None,
@@ -178,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat-rate", type=float, default=0.0, help="repeated (sides flipped) items per main item")
     p.add_argument("--seed", type=int, default=0, help="draws classes, seeds, subsets and gold pairs")
     p.add_argument("--respacing", default=None, help="sampling steps, e.g. 250 (bundle default otherwise)")
-    p.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim"], help="sampler of the bundle")
+    p.add_argument("--sampler", default=None, choices=["ddpm", "ddim"], help="sampler of the bundle (default: ddpm)")
     p.add_argument("--batch-size", type=int, default=16, help="images generated at once")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--fast-ms", type=float, default=DEFAULT_FAST_MS, help="median latency below which a rater is "
@@ -283,10 +293,27 @@ def cmd_create(args: argparse.Namespace) -> int:
         units_from_folders, units_from_npz
     from .db import open_db
 
+    if not args.from_run and (args.columns or args.bundle):
+        raise SystemExit("error: --columns and --bundle go with --from-run (with --from-bundle, name the folder there)")
     media = args.media or default_media(args.db)
+    run = _run_plan(args) if args.from_run else None  # a bad run file or models: refused before the database opens
     db = open_db(args.db)
     class_names = read_class_names(args.class_names)
-    if args.from_bundle is not None:
+    if run is not None:
+        from .create import units_from_configs
+
+        plan_of_run, bundle, bundle_path = run
+
+        def progress(done: int, total: int) -> None:
+            print(f"  generated {done}/{total} units", file=sys.stderr)
+
+        units = units_from_configs(bundle, plan_of_run.configs, args.pairs if args.pairs is not None else 200,
+                                   args.seed, respacing=plan_of_run.respacing, sampler=plan_of_run.sampler,
+                                   eta=plan_of_run.eta, batch_size=args.batch_size, bundle_path=bundle_path,
+                                   progress=progress)
+        methods = [c.name for c in plan_of_run.configs]
+        source = {**plan_of_run.source(), "bundle_path": bundle_path}
+    elif args.from_bundle is not None:
         from engine.bundles import load_bundle
 
         bundle = load_bundle(args.from_bundle or None)
@@ -296,18 +323,18 @@ def cmd_create(args: argparse.Namespace) -> int:
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
         bundle.to(device)
-        specs = [MethodSpec.parse(m) for m in args.methods]
+        specs = [MethodSpec.parse(m) for m in args.methods or ["vanilla:0.5", "robust:1.0"]]
         n = args.pairs if args.pairs is not None else 200
 
         def progress(done: int, total: int) -> None:
             print(f"  generated {done}/{total} units", file=sys.stderr)
 
-        units = units_from_bundle(bundle, specs, n, args.seed, respacing=args.respacing, sampler=args.sampler,
+        units = units_from_bundle(bundle, specs, n, args.seed, respacing=args.respacing, sampler=args.sampler or "ddpm",
                                   batch_size=args.batch_size, bundle_path=args.from_bundle or "models/",
                                   progress=progress)
         methods = [s.label for s in specs]
-        source = {"kind": "bundle", "bundle": args.from_bundle or "models/", "methods": args.methods,
-                  "respacing": args.respacing, "sampler": args.sampler}
+        source = {"kind": "bundle", "bundle": args.from_bundle or "models/", "methods": [s.label for s in specs],
+                  "respacing": args.respacing, "sampler": args.sampler or "ddpm"}
     elif args.from_npz:
         units = units_from_npz(*args.from_npz, methods=args.names, class_names=class_names, limit=args.pairs,
                                seed=args.seed)
@@ -325,6 +352,35 @@ def cmd_create(args: argparse.Namespace) -> int:
     print(f"study {args.name!r} (id {study_id}) created: {counts['main_pairs']} main, {counts['gold_pairs']} gold, "
           f"{counts['repeat_pairs']} repeat pairs; {counts['images']} images in {media}")
     return 0
+
+
+def _run_plan(args: argparse.Namespace):  # noqa: ANN202 - (RunPlan, bundle, bundle path)
+    """The run file read, its columns chosen and checked against the models it needs."""
+    from engine.bundles import DEFAULT_BUNDLE_DIR, load_bundle
+
+    from .create import StudyError, check_run_against_bundle, read_run_config
+
+    given = [flag for flag, value in (("--methods", args.methods), ("--respacing", args.respacing),
+                                      ("--sampler", args.sampler), ("--names", args.names)) if value]
+    if given:
+        raise StudyError(f"--from-run takes the columns, steps and sampler from the run; drop {', '.join(given)} "
+                         "(choose columns with --columns)")
+    plan = read_run_config(args.from_run, args.columns)
+    folder = args.bundle
+    if folder is None and plan.bundle_source and (Path(plan.bundle_source) / "bundle.json").is_file():
+        folder = plan.bundle_source
+    bundle = load_bundle(folder or None)
+    if plan.bundle_name and bundle.name != plan.bundle_name:
+        raise StudyError(f"{plan.path} was made with the models {plan.bundle_name!r}, the loaded ones are "
+                         f"{bundle.name!r} ({folder or DEFAULT_BUNDLE_DIR}); give the run's models with --bundle DIR")
+    check_run_against_bundle(plan, bundle)
+    device = args.device
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    bundle.to(device)
+    return plan, bundle, str(folder or DEFAULT_BUNDLE_DIR)
 
 
 def cmd_invite(args: argparse.Namespace) -> int:
