@@ -1,8 +1,8 @@
 """Secrets and settings read from the environment, one name each, shared by the lab
 (``python -m app``) and the survey (``python -m survey``):
 
-    RCG_ADMIN_PASSWORD   the survey's admin password (results, votes, invitations; in the
-                         lab also the "make a study" button); unset = those are off
+    RCG_ADMIN_PASSWORD   the survey's admin password (results, votes, invitations), in the
+                         lab and alone; unset = those are off
     RCG_LAB_PASSWORD     the lab pages' password (read by the lab only)
     RCG_SURVEY_DB        default --db of both (a URL may hold a database password)
 
