@@ -22,8 +22,9 @@ from typing import Sequence
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # also set by app/__init__.py; never phone home
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-ADMIN_ENV = ("RCG_ADMIN_PASSWORD", "SURVEY_ADMIN_PASSWORD")
-LAB_PASSWORD_ENV = "RCG_LAB_PASSWORD"
+from survey.config import ADMIN_PASSWORD_ENV, LAB_PASSWORD_ENV, SURVEY_DB_ENV  # one name per secret, lab and survey
+
+ADMIN_ENV = (ADMIN_PASSWORD_ENV,)  # the deprecated SURVEY_ADMIN_PASSWORD is still read, with a note
 EPILOG = f"""\
 Pages: the lab at /, the survey's rater pages at /survey/r/<invite>, its results at
 /survey/results (HTTP Basic, the admin password; off without one), /healthz.
@@ -63,11 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--keep-runs", type=int, default=10, help="runs kept in memory for the stability view (default 10)")
     m.add_argument("--lock-models", action="store_true", help="disable loading other models from the Models tab")
     v = p.add_argument_group("survey (served at /survey; see python -m survey --help)")
-    v.add_argument("--survey-db", default=os.environ.get("RCG_SURVEY_DB", "survey.db"),
-                   help="SQLAlchemy URL or SQLite file of the survey (default survey.db or RCG_SURVEY_DB)")
+    v.add_argument("--survey-db", default=os.environ.get(SURVEY_DB_ENV, "survey.db"),
+                   help=f"SQLAlchemy URL or SQLite file of the survey (default survey.db or {SURVEY_DB_ENV})")
     v.add_argument("--survey-media", default=None, help="folder of the study images (default <db>_media)")
     v.add_argument("--admin-password", default=None,
-                   help=f"enables the survey results at /survey/results; or set {ADMIN_ENV[0]} (keeps it out of ps)")
+                   help=f"enables the survey results at /survey/results; prefer the environment variable "
+                        f"{ADMIN_PASSWORD_ENV} (a command-line password is visible to other users in ps)")
     v.add_argument("--no-survey", action="store_true", help="do not serve the survey")
     return p
 
@@ -147,7 +149,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("concurrency", "queue_size", "max_images", "max_steps", "keep_runs"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
-    lab_password = args.lab_password or os.environ.get(LAB_PASSWORD_ENV) or None
+    from survey.config import admin_password, from_env
+
+    if args.lab_password:
+        print(f"warning: a password given with --lab-password can be read by other users of this machine (ps); "
+              f"set {LAB_PASSWORD_ENV} instead", file=sys.stderr, flush=True)
+    lab_password = args.lab_password or from_env(LAB_PASSWORD_ENV)
     check_lab_exposure(args.host, not args.no_survey, lab_password, args.public_lab)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("app").setLevel(logging.INFO)
@@ -159,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .server import SurveyOptions, create_server, serve
     from .state import LabState, Limits
 
-    admin = args.admin_password or next((os.environ[k] for k in ADMIN_ENV if os.environ.get(k)), None)
+    admin = admin_password(args.admin_password)
     state = LabState(bundle, limits=Limits(max_images=args.max_images, max_steps=args.max_steps),
                      run_dir=args.run_dir, keep_runs=args.keep_runs, allow_model_loading=not args.lock_models,
                      device=args.device)

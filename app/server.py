@@ -110,7 +110,7 @@ def survey_app(options: SurveyOptions) -> tuple[Any, str]:
         return unavailable_app("its database could not be opened (the server log says why)."), \
             f"unavailable: {reason}"
     results = "results need the admin password" if options.admin_password else \
-        "results disabled (no --admin-password / RCG_ADMIN_PASSWORD)"
+        "results disabled (RCG_ADMIN_PASSWORD not set)"
     return app, f"at /survey ({shown_url(options.db_url)}; {results})"
 
 

@@ -37,7 +37,26 @@ from .trace import TraceOptions
 
 MODEL_FORMAT = "rcg-model-v1"
 BUNDLE_FORMAT = "rcg-bundle-v1"
-DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+def bundled_models_dir() -> Path:
+    """The bundled MNIST models: ``models/`` of the checkout this code runs from, else the
+    copy ``pip install`` put beside the packages (the data package ``rcg_models``), so
+    the default works from any folder. When neither holds a bundle.json, the checkout
+    path (where ``python -m train.bundle`` writes one)."""
+    checkout = Path(__file__).resolve().parent.parent / "models"
+    if (checkout / "bundle.json").is_file():
+        return checkout
+    import importlib.util
+
+    spec = importlib.util.find_spec("rcg_models")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / "bundle.json").is_file():
+            return Path(location).resolve()
+    return checkout
+
+
+DEFAULT_BUNDLE_DIR = bundled_models_dir()
 ARCHITECTURES = {"UNetModel": UNetModel, "EncoderUNetModel": EncoderUNetModel, "JudgeNet": JudgeNet}
 
 

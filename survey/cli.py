@@ -10,7 +10,8 @@ Create a study from the project's bundled MNIST models (vanilla s=0.5 vs robust 
         --methods vanilla:0.5 robust:1.0 --pairs 200 --gold-rate 0.1 --repeat-rate 0.1 --seed 0 \\
         --exclude-gold-below 0.75
     python -m survey invite --db survey.db --count 30 --base-url http://localhost:8000
-    python -m survey serve  --db survey.db --host 0.0.0.0 --port 8000 --admin-password "$PW"
+    python -m survey open-link --db survey.db --base-url https://HOST --quota 60   # Prolific, MTurk, ...
+    RCG_ADMIN_PASSWORD='long secret' python -m survey serve --db survey.db --host 0.0.0.0 --port 8000
     python -m survey report --db survey.db              # Markdown; --json for JSON
     python -m survey export --db survey.db --out votes.csv
     python -m survey report --votes votes.csv --denominator all
@@ -34,7 +35,7 @@ from typing import Sequence
 
 from .quality import DEFAULT_FAST_MS, ExclusionRules
 
-ADMIN_ENV = "SURVEY_ADMIN_PASSWORD"
+from .config import ADMIN_PASSWORD_ENV as ADMIN_ENV, SURVEY_DB_ENV
 
 
 EXAMPLES = {
@@ -49,19 +50,30 @@ EXAMPLES = {
       --methods vanilla:0.5 robust:1.0 strong=robust:2 --pairs 100
   python -m survey create --db survey.db --name imagenet --from-npz vanilla.npz robust.npz \\
       --names vanilla robust --class-names imagenet_classes.txt --pairs 200
-  python -m survey create --db survey.db --name folders --from-folders out/vanilla out/robust""",
+  python -m survey create --db survey.db --name folders --from-folders out/vanilla out/robust
+  python -m survey create --db survey.db --name from-lab --from-run runs/0003/run_config.json \\
+      --columns vanilla robust --pairs 100 --seed 1   # a lab run: same configs, sampler, steps""",
     "invite": """\
   python -m survey invite --db survey.db --count 30 --base-url http://HOST:8000
   python -m survey invite --db survey.db --name "Ann" --name "Bob" --base-url http://HOST:7860/survey""",
+    "open-link": """\
+  python -m survey open-link --db survey.db --study mnist-v-r --base-url https://HOST/survey --quota 60 \\
+      --completion-code C7Q2XK1P --completion-url "https://app.prolific.com/submissions/complete?cc=C7Q2XK1P" \\
+      --screenout-code SCRN0UT1
+  python -m survey open-link --db survey.db --id-param workerId --keep-params assignmentId hitId   # MTurk
+  python -m survey open-link --db survey.db --quota 80          # change one setting, keep the others
+  python -m survey open-link --db survey.db --close             # no new participants (the others may finish)""",
     "serve": """\
-  SURVEY_ADMIN_PASSWORD='long secret' python -m survey serve --db survey.db --host 0.0.0.0 --port 8000
+  RCG_ADMIN_PASSWORD='long secret' python -m survey serve --db survey.db --host 0.0.0.0 --port 8000
   python -m survey serve --db survey.db          # raters only; the results view stays off
-(give the password through SURVEY_ADMIN_PASSWORD: a --admin-password on the command
-line can be read by other users of the machine, e.g. with ps)""",
+(give the password through RCG_ADMIN_PASSWORD, the same variable as the lab's; a
+--admin-password on the command line can be read by other users of the machine, e.g.
+with ps. The old name SURVEY_ADMIN_PASSWORD is still read, with a deprecation note)""",
     "report": """\
   python -m survey report --db survey.db
   python -m survey report --db survey.db --json --out report.json
   python -m survey report --db survey.db --denominator all --thresholds 50,60,70,80
+  python -m survey report --db survey.db --no-exclusions     # every rater; lists whom the rules would remove
   python -m survey report --votes votes.csv --order robust,vanilla --exclude-gold-below 0.75""",
     "export": """\
   python -m survey export --db survey.db --out votes.csv
@@ -106,8 +118,11 @@ def default_media(db: str) -> Path:
 
 
 def _add_db(p: argparse.ArgumentParser, media: bool = False) -> None:
-    p.add_argument("--db", required=True, help="SQLAlchemy URL or SQLite file, e.g. survey.db or "
-                                               "postgresql+psycopg://user@host/survey")
+    default = os.environ.get(SURVEY_DB_ENV) or None
+    p.add_argument("--db", required=default is None, default=default,
+                   help="SQLAlchemy URL or SQLite file, e.g. survey.db or postgresql+psycopg://user@host/survey "
+                        f"(default: the environment variable {SURVEY_DB_ENV}, which keeps a database password "
+                        "out of ps)")
     if media:
         p.add_argument("--media", type=Path, help="folder of the study images (default: <db>_media next to a "
                                                   "SQLite file)")
@@ -154,8 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="two guided-diffusion sample files with the same seeds and labels (paired by index)")
     src.add_argument("--from-folders", nargs=2, type=Path, metavar=("DIR_A", "DIR_B"),
                      help="two folders of images matched by relative file name")
-    p.add_argument("--methods", nargs="+", default=["vanilla:0.5", "robust:1.0"],
-                   help="bundle methods as [label=]guide[:scale]")
+    src.add_argument("--from-run", type=Path, metavar="RUN_CONFIG_JSON",
+                     help="a lab run's run_config.json (side by side download): the same column configs, sampler, "
+                          "steps and models, fresh seeds")
+    p.add_argument("--columns", nargs="+", metavar="NAME",
+                   help="with --from-run: the run's columns to compare (default: all, at least two)")
+    p.add_argument("--bundle", default=None, metavar="BUNDLE_DIR",
+                   help="with --from-run: the models (default: the run's models folder when it still exists, else "
+                        "the project's models/)")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="bundle methods as [label=]guide[:scale] (default: vanilla:0.5 robust:1.0)")
     p.add_argument("--names", nargs=2, metavar=("A", "B"), help="method names of the two files / folders")
     p.add_argument("--class-names", type=Path, help="JSON list or one class name per line (for labels)")
     p.add_argument("--pairs", type=int, default=None,
@@ -165,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat-rate", type=float, default=0.0, help="repeated (sides flipped) items per main item")
     p.add_argument("--seed", type=int, default=0, help="draws classes, seeds, subsets and gold pairs")
     p.add_argument("--respacing", default=None, help="sampling steps, e.g. 250 (bundle default otherwise)")
-    p.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim"], help="sampler of the bundle")
+    p.add_argument("--sampler", default=None, choices=["ddpm", "ddim"], help="sampler of the bundle (default: ddpm)")
     p.add_argument("--batch-size", type=int, default=16, help="images generated at once")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--fast-ms", type=float, default=DEFAULT_FAST_MS, help="median latency below which a rater is "
@@ -180,6 +203,30 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--name", action="append", dest="rater_names", help="a rater's name (repeatable)")
     p.add_argument("--base-url", default="http://127.0.0.1:8000",
                    help="where raters reach the survey, e.g. http://host:7860/survey when mounted in the lab")
+
+    p = _command(sub, "open-link", "open (or change) a study's public link for crowdsourcing platforms (Prolific, "
+                                   "MTurk, ...)")
+    _add_db(p)
+    p.add_argument("--study", help="study name or id (default: the newest)")
+    p.add_argument("--base-url", default="http://127.0.0.1:8000",
+                   help="where participants reach the survey, e.g. https://host/survey")
+    p.add_argument("--id-param", default=None, metavar="NAME",
+                   help="URL parameter carrying the participant id (new link: PROLIFIC_PID)")
+    p.add_argument("--keep-params", nargs="*", default=None, metavar="NAME",
+                   help="other URL parameters stored with the participant and exported (new link: STUDY_ID "
+                        "SESSION_ID; give none to keep none)")
+    p.add_argument("--quota", type=int, default=None, help="at most this many participants (default: no limit)")
+    p.add_argument("--no-quota", action="store_true", help="remove the quota")
+    p.add_argument("--completion-code", default=None, help="code shown at the end (new link: a random one)")
+    p.add_argument("--completion-url", default=None, help="http(s) address participants are sent to at the end, "
+                                                          "e.g. the platform's completion URL")
+    p.add_argument("--screenout-code", default=None,
+                   help="code shown instead when the study's gold rule (--exclude-gold-below) excludes the "
+                        "participant (default: everyone gets the completion code)")
+    p.add_argument("--screenout-url", default=None, help="http(s) address for screened-out participants")
+    p.add_argument("--new-secret", action="store_true", help="replace the link's secret (the old link stops working)")
+    p.add_argument("--close", action="store_true",
+                   help="take no new participants (those who started may finish); run again without it to reopen")
 
     p = _command(sub, "serve", "run the survey web server alone (uvicorn)")
     _add_db(p, media=True)
@@ -207,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                f"{DEFAULT_FAST_MS:g})")
     p.add_argument("--out", type=Path, help="write to this file instead of standard output")
     _add_exclusions(p, "given here replace the study's declared rules; say so in the paper")
+    p.add_argument("--no-exclusions", action="store_true",
+                   help="count every rater: the rules are listed with whom they would remove, but not applied")
 
     p = _command(sub, "export", "write the raw votes as CSV (format: README, survey/votes.py)")
     _add_db(p)
@@ -244,10 +293,27 @@ def cmd_create(args: argparse.Namespace) -> int:
         units_from_folders, units_from_npz
     from .db import open_db
 
+    if not args.from_run and (args.columns or args.bundle):
+        raise SystemExit("error: --columns and --bundle go with --from-run (with --from-bundle, name the folder there)")
     media = args.media or default_media(args.db)
+    run = _run_plan(args) if args.from_run else None  # a bad run file or models: refused before the database opens
     db = open_db(args.db)
     class_names = read_class_names(args.class_names)
-    if args.from_bundle is not None:
+    if run is not None:
+        from .create import units_from_configs
+
+        plan_of_run, bundle, bundle_path = run
+
+        def progress(done: int, total: int) -> None:
+            print(f"  generated {done}/{total} units", file=sys.stderr)
+
+        units = units_from_configs(bundle, plan_of_run.configs, args.pairs if args.pairs is not None else 200,
+                                   args.seed, respacing=plan_of_run.respacing, sampler=plan_of_run.sampler,
+                                   eta=plan_of_run.eta, batch_size=args.batch_size, bundle_path=bundle_path,
+                                   progress=progress)
+        methods = [c.name for c in plan_of_run.configs]
+        source = {**plan_of_run.source(), "bundle_path": bundle_path}
+    elif args.from_bundle is not None:
         from engine.bundles import load_bundle
 
         bundle = load_bundle(args.from_bundle or None)
@@ -257,18 +323,18 @@ def cmd_create(args: argparse.Namespace) -> int:
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
         bundle.to(device)
-        specs = [MethodSpec.parse(m) for m in args.methods]
+        specs = [MethodSpec.parse(m) for m in args.methods or ["vanilla:0.5", "robust:1.0"]]
         n = args.pairs if args.pairs is not None else 200
 
         def progress(done: int, total: int) -> None:
             print(f"  generated {done}/{total} units", file=sys.stderr)
 
-        units = units_from_bundle(bundle, specs, n, args.seed, respacing=args.respacing, sampler=args.sampler,
+        units = units_from_bundle(bundle, specs, n, args.seed, respacing=args.respacing, sampler=args.sampler or "ddpm",
                                   batch_size=args.batch_size, bundle_path=args.from_bundle or "models/",
                                   progress=progress)
         methods = [s.label for s in specs]
-        source = {"kind": "bundle", "bundle": args.from_bundle or "models/", "methods": args.methods,
-                  "respacing": args.respacing, "sampler": args.sampler}
+        source = {"kind": "bundle", "bundle": args.from_bundle or "models/", "methods": [s.label for s in specs],
+                  "respacing": args.respacing, "sampler": args.sampler or "ddpm"}
     elif args.from_npz:
         units = units_from_npz(*args.from_npz, methods=args.names, class_names=class_names, limit=args.pairs,
                                seed=args.seed)
@@ -288,6 +354,35 @@ def cmd_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_plan(args: argparse.Namespace):  # noqa: ANN202 - (RunPlan, bundle, bundle path)
+    """The run file read, its columns chosen and checked against the models it needs."""
+    from engine.bundles import DEFAULT_BUNDLE_DIR, load_bundle
+
+    from .create import StudyError, check_run_against_bundle, read_run_config
+
+    given = [flag for flag, value in (("--methods", args.methods), ("--respacing", args.respacing),
+                                      ("--sampler", args.sampler), ("--names", args.names)) if value]
+    if given:
+        raise StudyError(f"--from-run takes the columns, steps and sampler from the run; drop {', '.join(given)} "
+                         "(choose columns with --columns)")
+    plan = read_run_config(args.from_run, args.columns)
+    folder = args.bundle
+    if folder is None and plan.bundle_source and (Path(plan.bundle_source) / "bundle.json").is_file():
+        folder = plan.bundle_source
+    bundle = load_bundle(folder or None)
+    if plan.bundle_name and bundle.name != plan.bundle_name:
+        raise StudyError(f"{plan.path} was made with the models {plan.bundle_name!r}, the loaded ones are "
+                         f"{bundle.name!r} ({folder or DEFAULT_BUNDLE_DIR}); give the run's models with --bundle DIR")
+    check_run_against_bundle(plan, bundle)
+    device = args.device
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    bundle.to(device)
+    return plan, bundle, str(folder or DEFAULT_BUNDLE_DIR)
+
+
 def cmd_invite(args: argparse.Namespace) -> int:
     from .create import find_study
     from .db import open_db
@@ -301,13 +396,42 @@ def cmd_invite(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_open_link(args: argparse.Namespace) -> int:
+    from .create import find_study
+    from .db import open_db
+    from .links import _UNSET, open_link
+
+    if args.quota is not None and args.no_quota:
+        raise SystemExit("error: give --quota N or --no-quota, not both")
+    db = open_db(args.db, must_exist=True)
+    study = find_study(db, args.study)
+    quota = None if args.no_quota else (args.quota if args.quota is not None else _UNSET)
+    link = open_link(db, study.id, id_param=args.id_param, keep_params=args.keep_params, quota=quota,
+                     completion_code=args.completion_code,
+                     completion_url=args.completion_url if args.completion_url is not None else _UNSET,
+                     screenout_code=args.screenout_code if args.screenout_code is not None else _UNSET,
+                     screenout_url=args.screenout_url if args.screenout_url is not None else _UNSET,
+                     new_secret=args.new_secret, is_open=not args.close)
+    print(f"study {link.study!r}: link {'OPEN' if link.is_open else 'CLOSED (no new participants)'}, "
+          f"{link.participants} participant(s)" + (f" of {link.quota}" if link.quota else " (no quota)"))
+    print(f"study link:     {link.url(args.base_url)}?{link.id_param}=<participant id>")
+    print(f"for Prolific:   {link.prolific_url(args.base_url)}")
+    print(f"participant id: URL parameter {link.id_param}; also stored: {', '.join(link.keep_params) or 'nothing'}")
+    print(f"completion:     code {link.completion_code}" + (f", then to {link.completion_url}" if link.completion_url
+                                                            else " (no redirect)"))
+    if link.screenout_code:
+        print(f"screen-out:     code {link.screenout_code}" + (f", then to {link.screenout_url}" if link.screenout_url
+                                                               else "") + " (gold rule of the study: "
+              + "; ".join(ExclusionRules.from_dict(study.settings.get("exclusions")).describe()) + ")")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .web import serve
 
-    if args.admin_password:
-        print(f"warning: a password given with --admin-password can be read by other users of this machine (ps); "
-              f"set {ADMIN_ENV} instead", file=sys.stderr, flush=True)
-    password = args.admin_password or os.environ.get(ADMIN_ENV) or None
+    from .config import admin_password
+
+    password = admin_password(args.admin_password)
     media = args.media or default_media(args.db)
     from .db import open_db
 
@@ -356,7 +480,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: --thresholds must be numbers separated by commas, got {args.thresholds!r}") from None
     options = ReportOptions(thresholds, args.denominator, args.confidence, args.bootstrap, args.seed, order,
                             float(fast_ms if fast_ms is not None else DEFAULT_FAST_MS), rules or ExclusionRules(),
-                            rules_source)
+                            rules_source, apply_exclusions=not args.no_exclusions)
     report = build_report(votes, options, title, source)
     text = report_json(report) if args.json else report_markdown(report)
     if args.out:
@@ -420,8 +544,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"init": cmd_init, "create": cmd_create, "invite": cmd_invite, "serve": cmd_serve, "report": cmd_report,
-            "export": cmd_export, "power": cmd_power, "info": cmd_info}
+COMMANDS = {"init": cmd_init, "create": cmd_create, "invite": cmd_invite, "open-link": cmd_open_link,
+            "serve": cmd_serve, "report": cmd_report, "export": cmd_export, "power": cmd_power, "info": cmd_info}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

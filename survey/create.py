@@ -128,13 +128,29 @@ def units_from_bundle(bundle: Any, specs: Sequence[MethodSpec], n_units: int, se
         configs = [spec.to_config(bundle.guide_info) for spec in specs]
     except ValueError as exc:
         raise StudyError(str(exc)) from exc
+    return units_from_configs(bundle, configs, n_units, seed, respacing=respacing, sampler=sampler,
+                              batch_size=batch_size, bundle_path=bundle_path, progress=progress)
+
+
+def units_from_configs(bundle: Any, configs: Sequence[Any], n_units: int, seed: int = 0, *,
+                       respacing: str | None = None, sampler: str = "ddpm", eta: float = 0.0, batch_size: int = 16,
+                       bundle_path: str | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> list[Unit]:
+    """Generate ``n_units`` units, one image per :class:`engine.guidance.GuidanceConfig`
+    (its ``name`` is the method), classes and seeds drawn from ``seed``. Each image
+    stores the config, class, seed and run settings that regenerate it."""
+    from engine.data import to_uint8
+
+    if n_units < 1:
+        raise StudyError("--pairs must be at least 1")
     rng = np.random.default_rng(seed)
     classes = rng.integers(0, bundle.num_classes, n_units).tolist()
     seeds = rng.choice(2**31 - 1, size=n_units, replace=False).tolist()
     units: list[Unit] = []
     for start in range(0, n_units, batch_size):
         batch_labels, batch_seeds = classes[start:start + batch_size], seeds[start:start + batch_size]
-        result = bundle.sample(configs, labels=batch_labels, seeds=batch_seeds, respacing=respacing, sampler=sampler)
+        result = bundle.sample(configs, labels=batch_labels, seeds=batch_seeds, respacing=respacing, sampler=sampler,
+                               eta=eta)
         run = {k: v for k, v in result.run_config().items() if k not in ("seeds", "labels", "configs")}
         arrays = {c.name: to_uint8(result.images[c.name]).permute(0, 2, 3, 1).numpy() for c in configs}
         for i, (label, s) in enumerate(zip(batch_labels, batch_seeds)):
@@ -148,6 +164,94 @@ def units_from_bundle(bundle: Any, specs: Sequence[MethodSpec], n_units: int, se
         if progress is not None:
             progress(len(units), n_units)
     return units
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A side-by-side run of the lab (its ``run_config.json``) as a study: the chosen
+    columns' guidance configs and the run's sampler settings; seeds are drawn afresh."""
+
+    path: str
+    configs: tuple[Any, ...]       # engine.guidance.GuidanceConfig, one per chosen column
+    respacing: str | None
+    sampler: str
+    eta: float
+    bundle_name: str | None
+    bundle_source: str | None
+    null_label_needed: bool
+
+    def source(self) -> dict[str, Any]:
+        return {"kind": "run", "run_config": self.path, "columns": [c.name for c in self.configs],
+                "respacing": self.respacing, "sampler": self.sampler, "eta": self.eta, "bundle": self.bundle_name}
+
+
+def read_run_config(path: str | Path, columns: Sequence[str] | None = None) -> RunPlan:
+    """Read a lab run's ``run_config.json`` (``engine.sampler.SampleResult.run_config``
+    plus the lab's extras) and pick ``columns`` (default: all, at least two). Every
+    column is parsed by :meth:`engine.guidance.GuidanceConfig.from_dict`; anything that
+    is not a run config raises :class:`StudyError` naming the file and the problem."""
+    from engine.guidance import GuidanceConfig
+
+    path = Path(path)
+    where = f"{path}"
+    if not path.is_file():
+        raise StudyError(f"{where} does not exist; give the run_config.json of a lab run (its downloads)")
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StudyError(f"{where} is not a run_config.json (not JSON: {exc})") from None
+    if not isinstance(run, dict) or not isinstance(run.get("configs"), list) or not run["configs"]:
+        raise StudyError(f"{where} is not a run_config.json: it needs a list \"configs\" of guidance configs (one per "
+                         "column), as the lab writes")
+    configs = []
+    for i, values in enumerate(run["configs"], start=1):
+        if not isinstance(values, dict):
+            raise StudyError(f"{where}: column {i} is not an object of guidance settings")
+        try:
+            configs.append(GuidanceConfig.from_dict(values))
+        except (ValueError, TypeError) as exc:
+            raise StudyError(f"{where}: column {i} ({values.get('name', '?')}): {exc}") from None
+    names = [c.name for c in configs]
+    if len(set(names)) != len(names):
+        raise StudyError(f"{where}: column names repeat ({names}); every column needs its own name")
+    chosen = list(columns) if columns else names
+    unknown = [c for c in chosen if c not in names]
+    if unknown:
+        raise StudyError(f"{where} has no column(s) {unknown}; its columns: {names}")
+    if len(set(chosen)) != len(chosen) or len(chosen) < 2:
+        raise StudyError(f"a study compares at least two different columns; the run has {names}, chosen {chosen}")
+    sampler = run.get("sampler", "ddpm")
+    if sampler not in ("ddpm", "ddim"):
+        raise StudyError(f"{where}: sampler must be ddpm or ddim, got {sampler!r}")
+    eta = run.get("eta", 0.0)
+    if not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+        raise StudyError(f"{where}: eta must be a number in [0, 1], got {eta!r}")
+    respacing = run.get("respacing")
+    if respacing is not None and not isinstance(respacing, (str, int)):
+        raise StudyError(f"{where}: respacing must be text such as \"100\" or \"ddim50\", got {respacing!r}")
+    models = run.get("models") if isinstance(run.get("models"), dict) else {}
+    picked = tuple(c for c in configs if c.name in chosen)
+    picked = tuple(sorted(picked, key=lambda c: chosen.index(c.name)))
+    return RunPlan(str(path), picked, None if respacing is None else str(respacing), sampler, float(eta),
+                   run.get("bundle") if isinstance(run.get("bundle"), str) else None,
+                   models.get("source") if isinstance(models.get("source"), str) else None,
+                   any(c.method == "cfg" or c.denoiser_mode == "unconditional" for c in picked))
+
+
+def check_run_against_bundle(plan: RunPlan, bundle: Any) -> None:
+    """Refuse a run whose columns need guides, classes or a null label the bundle lacks."""
+    guides = sorted(getattr(bundle, "guides", {}) or {})
+    for c in plan.configs:
+        if c.method == "classifier" and c.classifier not in guides:
+            raise StudyError(f"{plan.path}: column {c.name!r} is guided by {c.classifier!r}, which the loaded "
+                             f"models ({getattr(bundle, 'name', '?')}) lack; they have the guides {guides}. Load the "
+                             "run's models with --bundle DIR")
+        if c.classes is not None and any(not 0 <= k < bundle.num_classes for k in c.classes):
+            raise StudyError(f"{plan.path}: column {c.name!r} names classes {list(c.classes)} outside 0.."
+                             f"{bundle.num_classes - 1}")
+    if plan.null_label_needed and getattr(bundle, "null_label", None) is None:
+        raise StudyError(f"{plan.path}: a column needs the denoiser's null label (classifier-free or unconditional), "
+                         "which the loaded models lack")
 
 
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, str]:

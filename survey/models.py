@@ -16,6 +16,11 @@ enforces the rules a result depends on:
 - both images of a pair belong to the pair's study and carry the pair's class name
   and seed (composite foreign keys into ``images``; a NULL seed is not compared);
 - ``CHECK(answer IN ('L','R','S'))``, ``CHECK(kind IN ('main','gold','repeat'))``;
+- ``UNIQUE(raters.study_id, raters.participant_id)``: one participation per
+  crowdsourcing participant id and study (a second visit resumes the same rater); a
+  rater has a participant id exactly when it came through the study link, and that link
+  belongs to the rater's study (composite foreign key);
+- a study link's completion URLs are http(s) (CHECK), its quota is positive;
 - foreign keys everywhere (SQLite needs ``PRAGMA foreign_keys=ON``; see :mod:`survey.db`).
 
 Times are stored in UTC (:class:`UTCDateTime` refuses naive datetimes).
@@ -29,8 +34,8 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import (CheckConstraint, DateTime, ForeignKey, ForeignKeyConstraint, Index, Integer, MetaData,
-                        String, Text, TypeDecorator, UniqueConstraint)
+from sqlalchemy import (Boolean, CheckConstraint, DateTime, ForeignKey, ForeignKeyConstraint, Index, Integer,
+                        MetaData, String, Text, TypeDecorator, UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 PAIR_KINDS = ("main", "gold", "repeat")
@@ -144,8 +149,46 @@ class Pair(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
 
 
+HTTP_URL = "({column} IS NULL OR {column} LIKE 'http://%' OR {column} LIKE 'https://%')"
+
+
+class StudyLink(Base):
+    """The one public link of a study for crowdsourcing platforms: ``/s/<secret>``; the
+    participant id comes from the URL parameter ``id_param`` (and ``keep_params`` are
+    stored with it); at most ``quota`` participants; a finished participant sees
+    ``completion_code`` (or ``screenout_code`` when gold checks exclude them) and is sent
+    to the matching URL when one is set."""
+
+    __tablename__ = "study_links"
+    __table_args__ = (
+        UniqueConstraint("id", "study_id"),  # target of the raters' composite key
+        CheckConstraint("quota IS NULL OR quota >= 1", name="quota_positive"),
+        CheckConstraint(HTTP_URL.format(column="completion_url"), name="completion_url_http"),
+        CheckConstraint(HTTP_URL.format(column="screenout_url"), name="screenout_url_http"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), nullable=False, unique=True)
+    secret: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    id_param: Mapped[str] = mapped_column(String(64), nullable=False)
+    keep_params: Mapped[list] = mapped_column(JSONText(), nullable=False)
+    quota: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    completion_code: Mapped[str] = mapped_column(String(64), nullable=False)
+    completion_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    screenout_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    screenout_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    is_open: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+
 class Rater(Base):
     __tablename__ = "raters"
+    __table_args__ = (
+        UniqueConstraint("study_id", "participant_id"),  # one participation per platform participant
+        CheckConstraint("(link_id IS NULL) = (participant_id IS NULL)", name="participant_via_link"),
+        ForeignKeyConstraint(["link_id", "study_id"], ["study_links.id", "study_links.study_id"],
+                             name="fk_raters_link_of_study"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), nullable=False, index=True)
@@ -154,6 +197,9 @@ class Rater(Base):
     planned_total: Mapped[int] = mapped_column(Integer, nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     consented_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    link_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    participant_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    platform_ids: Mapped[dict | None] = mapped_column(JSONText(), nullable=True)  # the kept URL parameters
 
 
 class Impression(Base):
@@ -201,5 +247,5 @@ class Vote(Base):
     latency_ms: Mapped[int] = mapped_column(Integer, nullable=False)
 
 
-__all__ = ["ANSWERS", "PAIR_KINDS", "Base", "Image", "Impression", "JSONText", "Pair", "Rater", "Study", "UTCDateTime",
-           "Vote"]
+__all__ = ["ANSWERS", "PAIR_KINDS", "Base", "Image", "Impression", "JSONText", "Pair", "Rater", "Study", "StudyLink",
+           "UTCDateTime", "Vote"]

@@ -28,7 +28,8 @@ background:#000}
 button{font-size:1.05rem;padding:10px 22px;border-radius:8px;border:1px solid #3b6fd8;background:#3b6fd8;color:#fff;
 cursor:pointer} button.secondary{background:#fff;color:#3b6fd8} button:disabled{opacity:.5;cursor:wait}
 table{border-collapse:collapse;margin:8px 0 16px} td,th{border:1px solid #d5dae2;padding:4px 8px;text-align:left}
-.error{border-left:4px solid #c0392b} code{background:#eef1f5;padding:1px 4px;border-radius:4px}
+.error{border-left:4px solid #c0392b}
+.warning{border-left:4px solid #d68910;background:#fdf2e0;padding:8px 12px} code{background:#eef1f5;padding:1px 4px;border-radius:4px}
 """
 
 SCRIPT = """
@@ -51,9 +52,9 @@ def esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def page(title: str, body: str, script: bool = False) -> str:
+def page(title: str, body: str, script: bool = False, head: str = "") -> str:
     js = f"<script>{SCRIPT}</script>" if script else ""
-    return (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+    return (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">{head}"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<meta name=\"referrer\" content=\"no-referrer\"><title>{esc(title)}</title><style>{STYLE}</style>"
             f"</head><body><main>{body}</main>{js}</body></html>")
@@ -67,8 +68,8 @@ class the images are meant to show. For each pair, answer the question</p>
 <p>by choosing <strong>Left</strong>, <strong>Right</strong> or <strong>Same</strong> (no preference). There are no
 right or wrong answers for most pairs; a few pairs check attention. Please answer on your own and take the time you
 need. You can stop and come back later with the same link; you will continue where you stopped.</p>
-<p class="muted">We store your answers, the time of each answer and the name given with your invitation (if any),
-only for this study. Nothing else about you or your browser is recorded.</p>
+<p class="muted">We store your answers, the time of each answer and the name given with your invitation or the
+participant id of the platform that sent you (if any), only for this study. Nothing else about you or your browser is recorded.</p>
 <form method="post" action="{esc(token)}/consent"><button type="submit">I agree, start</button></form></div>"""
     return page("Image comparison survey", body)
 
@@ -95,6 +96,28 @@ def finish_page(answered: int) -> str:
     body = f"""<div class="card" id="finished"><h1>Thank you!</h1><p>You answered {answered} pairs. Your answers are
 saved; you can close this page.</p></div>"""
     return page("Thank you", body)
+
+
+def completion_page(answered: int, code: str, url: str | None, screened_out: bool) -> str:
+    """The end of a study-link participation: the code to give the platform, and a
+    redirect to the platform's completion URL when one is set."""
+    head = "Thank you!" if not screened_out else "Thank you for taking part"
+    what = "completion code" if not screened_out else "code"
+    go = refresh = ""
+    if url:
+        go = (f'<p><a id="completion-link" href="{esc(url)}">Continue to the study platform</a>; you will be taken '
+              'there in a few seconds.</p>')
+        refresh = f'<meta http-equiv="refresh" content="3;url={esc(url)}">'
+
+    body = f"""<div class="card" id="finished"><h1>{head}</h1><p>You answered {answered} pairs. Your answers are
+saved.</p><p>Your {what}: <strong id="completion-code">{esc(code)}</strong></p>
+<p class="muted">Enter it on the study platform if it asks for one.</p>{go}</div>"""
+    return page("Thank you", body, head=refresh)
+
+
+def study_full_page(message: str) -> str:
+    body = f'<div class="card error" id="study-full"><h1>This study is full</h1><p id="error">{esc(message)}</p></div>'
+    return page("Study full", body)
 
 
 def error_page(message: str, back: str | None = None) -> str:
@@ -172,6 +195,9 @@ def markdown_to_html(text: str) -> str:
             items.append(line[2:])
             continue
         flush()
+        if line.startswith("> "):
+            out.append(f'<p class="warning">{_inline(line[2:])}</p>')
+            continue
         heading = re.match(r"(#{1,4}) (.*)", line)
         if heading:
             level = len(heading.group(1))
@@ -199,5 +225,5 @@ New rater links: <input name="count" value="1" size="3"> <button class="secondar
     return page("Survey results", body)
 
 
-__all__ = ["busy_page", "consent_page", "error_page", "finish_page", "landing_page", "markdown_to_html", "pair_page",
-           "results_page"]
+__all__ = ["busy_page", "completion_page", "consent_page", "error_page", "finish_page", "landing_page",
+           "markdown_to_html", "pair_page", "results_page", "study_full_page"]

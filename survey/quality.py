@@ -130,22 +130,60 @@ class ExclusionReport:
     raters_after: int
     answers_before: int
     answers_after: int
+    # one entry per (rater, rule) that removed them: rater, rule, value, threshold, text
+    details: list[dict[str, Any]] = field(default_factory=list)
+    applied: bool = True             # False: listed only (report --no-exclusions), nothing was dropped
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def _fraction(x: float) -> str:
+    return f"{100 * x:.1f} %".replace(".0 %", " %")
+
+
+def _explain(rule: str, row: pd.Series, rules: ExclusionRules) -> dict[str, Any]:
+    """What made ``rule`` remove the rater of ``row`` (a :func:`rater_table` row): the
+    value that broke it, the threshold and one sentence saying so."""
+    if rule == "gold accuracy":
+        value, n = float(row["gold_accuracy"]), int(row["gold_answers"])
+        correct = int(round(value * n))
+        return {"value": value, "threshold": rules.min_gold_accuracy,
+                "text": f"gold accuracy {_fraction(value)} ({correct} of {n} gold answers correct) is below "
+                        f"{_fraction(rules.min_gold_accuracy)}"}
+    if rule == "median latency":
+        value = float(row["median_latency_ms"])
+        return {"value": value, "threshold": rules.min_median_latency_ms,
+                "text": f"median answer time {value:g} ms is below {rules.min_median_latency_ms:g} ms"}
+    if rule == "one sided":
+        side = "Left" if row["share_L"] == 1 else "Right"
+        return {"value": side, "threshold": None,
+                "text": f"answered {side} to all {int(row['answers'])} pairs"}
+    if rule == "repeat consistency":
+        value, n = float(row["repeat_consistency"]), int(row["repeat_answers"])
+        return {"value": value, "threshold": rules.min_repeat_consistency,
+                "text": f"repeat consistency {_fraction(value)} ({int(round(value * n))} of {n} repeated pairs "
+                        f"answered alike) is below {_fraction(rules.min_repeat_consistency)}"}
+    return {"value": None, "threshold": None, "text": "named in the exclusion list"}
+
+
 def apply_exclusions(votes: pd.DataFrame, rules: ExclusionRules, source: str = "none declared",
-                     table: pd.DataFrame | None = None) -> tuple[pd.DataFrame, ExclusionReport]:
+                     table: pd.DataFrame | None = None, apply: bool = True) -> tuple[pd.DataFrame, ExclusionReport]:
     """Drop whole raters by ``rules``; return the kept votes and what was removed by which
-    rule (a rater hit by several rules is listed under each)."""
+    rule (a rater hit by several rules is listed under each), each removal with the value
+    that broke the rule. ``apply=False`` lists whom the rules would remove but keeps
+    every vote (the report's ``--no-exclusions``)."""
     import pandas as pd
 
     table = rater_table(votes) if table is None else table
     excluded: dict[str, list[str]] = {}
+    details: list[dict[str, Any]] = []
 
     def hit(name: str, mask: pd.Series) -> None:
-        excluded[name] = sorted((str(r) for r in table.index[mask.fillna(False).astype(bool)]), key=str)
+        chosen = table.index[mask.fillna(False).astype(bool)]
+        excluded[name] = sorted((str(r) for r in chosen), key=str)
+        for rater in sorted(chosen, key=str):
+            details.append({"rater": str(rater), "rule": name, **_explain(name, table.loc[rater], rules)})
 
     if rules.min_gold_accuracy is not None:
         hit("gold accuracy", table["gold_accuracy"] < rules.min_gold_accuracy)
@@ -160,10 +198,11 @@ def apply_exclusions(votes: pd.DataFrame, rules: ExclusionRules, source: str = "
         if unknown:
             raise ValueError(f"exclude_raters names unknown rater(s) {unknown}")
         hit("named", pd.Series([str(r) in rules.exclude_raters for r in table.index], index=table.index))
-    dropped = set().union(*excluded.values()) if excluded else set()
+    details.sort(key=lambda d: (str(d["rater"]), d["rule"]))
+    dropped = set().union(*excluded.values()) if excluded and apply else set()
     kept = votes[~votes["rater_id"].astype(str).isin(dropped)]
     report = ExclusionReport(rules.describe(), source, excluded, int(len(table)), int(len(table) - len(dropped)),
-                             int(len(votes)), int(len(kept)))
+                             int(len(votes)), int(len(kept)), details, apply)
     return kept, report
 
 

@@ -41,6 +41,7 @@ class ReportOptions:
     fast_ms: float = DEFAULT_FAST_MS
     rules: ExclusionRules = field(default_factory=ExclusionRules)
     rules_source: str = "none declared"
+    apply_exclusions: bool = True  # False: list whom the rules would remove, keep every rater
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -93,15 +94,22 @@ def build_report(votes: pd.DataFrame, options: ReportOptions | None = None, titl
     if votes.empty:
         raise A.AnalysisError("there are no votes to analyse yet")
     all_raters = rater_table(votes, options.fast_ms)
-    kept, exclusions = apply_exclusions(votes, options.rules, options.rules_source, all_raters)
+    kept, exclusions = apply_exclusions(votes, options.rules, options.rules_source, all_raters,
+                                        apply=options.apply_exclusions)
+    unfiltered = None
     if kept.empty:
-        raise A.AnalysisError("the exclusion rules removed every rater; nothing is left to analyse")
+        # Say so loudly, and still show the figures of everyone: an error here would hide who was removed and why.
+        unfiltered = (f"the exclusion rules removed every rater ({exclusions.raters_before} of "
+                      f"{exclusions.raters_before}); the figures below are UNFILTERED, computed on all raters' "
+                      "answers as if no rule were declared; they are not the study's result")
+        kept = votes
     order = list(options.order) if options.order else A.default_order(A.methods_of(kept))
     pairs = A.comparisons(kept, order)
     main = kept[kept["pair_kind"] == "main"]
     report: dict[str, Any] = {
         "title": title,
         "source": source,
+        "unfiltered": unfiltered,
         "options": options.to_dict(),
         "data": {"answers": int(len(kept)), "main_answers": int(len(main)),
                  "gold_answers": int((kept["pair_kind"] == "gold").sum()),
@@ -154,12 +162,26 @@ def report_markdown(report: dict[str, Any]) -> str:
         out += [f"Source: {report['source']}", ""]
     out += [f"{d['answers']} answers ({d['main_answers']} on {d['main_pairs']} main pairs, {d['gold_answers']} gold, "
             f"{d['repeat_answers']} repeat) from {d['raters']} raters; methods: {', '.join(d['methods'])}.", ""]
+    if report.get("unfiltered"):
+        out += [f"> **UNFILTERED FIGURES:** {report['unfiltered']}. See the excluded raters below; "
+                "`survey report --no-exclusions` shows the same figures without this warning.", ""]
     ex = report["exclusions"]
     out += ["## Exclusion rules (declared before analysis)", "",
             f"Declared in: {ex['source']}. Rules: {'; '.join(ex['rules'])}.", ""]
+    if not ex.get("applied", True):
+        out += ["The rules were **not applied** (--no-exclusions): every rater is counted; the raters they would "
+                "remove are listed below.", ""]
     if ex["excluded"]:
         for rule, raters in ex["excluded"].items():
-            out.append(f"- {rule}: {len(raters)} rater(s) excluded" + (f" ({', '.join(raters)})" if raters else ""))
+            verb = "excluded" if ex.get("applied", True) else "would be excluded"
+            out.append(f"- {rule}: {len(raters)} rater(s) {verb}" + (f" ({', '.join(raters)})" if raters else ""))
+        out.append("")
+    if ex.get("details"):
+        out += ["| rater | rule | value | why |", "|---|---|---|---|"]
+        for item in ex["details"]:
+            value = item["value"]
+            shown = f"{value:.3g}" if isinstance(value, float) else ("" if value is None else str(value))
+            out.append(f"| {item['rater']} | {item['rule']} | {shown} | {item['text']} |")
         out.append("")
     out += [f"Raters {ex['raters_before']} -> {ex['raters_after']}, answers {ex['answers_before']} -> "
             f"{ex['answers_after']}.", ""]

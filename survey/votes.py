@@ -22,6 +22,10 @@ optional
     ``latency_ms``    milliseconds from showing to answer (quality flags)
     ``class_label``, ``class_name``, ``seed``, ``method_a``, ``method_b``, ``study``,
     ``vote_id``, ``impression_id``, ``shown_at``, ``answered_at`` (ISO 8601, UTC)
+    ``participant_id``  the crowdsourcing platform's id of the rater (study link), e.g.
+                      Prolific's PROLIFIC_PID; empty for personal invitations
+    ``platform_ids``  the other URL parameters kept with it, as a JSON object, e.g.
+                      ``{"SESSION_ID": "...", "STUDY_ID": "..."}``
     ``choice``        derived: the chosen method or ``same``; checked when present
 
 Derived column added on reading: ``choice`` (left_method for L, right_method for R,
@@ -31,6 +35,7 @@ Derived column added on reading: ``choice`` (left_method for L, right_method for
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Iterable
 
@@ -38,10 +43,12 @@ import pandas as pd
 
 REQUIRED_COLUMNS = ("pair_id", "rater_id", "left_method", "right_method", "answer")
 OPTIONAL_COLUMNS = ("pair_kind", "source_pair_id", "gold_correct_method", "latency_ms", "class_label", "class_name",
-                    "seed", "method_a", "method_b", "study", "vote_id", "impression_id", "shown_at", "answered_at")
+                    "seed", "method_a", "method_b", "study", "vote_id", "impression_id", "shown_at", "answered_at",
+                    "participant_id", "platform_ids")
 EXPORT_COLUMNS = ("study", "vote_id", "impression_id", "pair_id", "pair_kind", "source_pair_id", "class_label",
                   "class_name", "seed", "method_a", "method_b", "left_method", "right_method", "answer", "choice",
-                  "gold_correct_method", "rater_id", "shown_at", "answered_at", "latency_ms")
+                  "gold_correct_method", "rater_id", "participant_id", "platform_ids", "shown_at", "answered_at",
+                  "latency_ms")
 SAME = "same"
 
 
@@ -155,7 +162,7 @@ def votes_from_db(session, study_id: int) -> pd.DataFrame:  # noqa: ANN001 - sql
     from sqlalchemy import select
     from sqlalchemy.orm import aliased
 
-    from .models import Image, Impression, Pair, Study, Vote
+    from .models import Image, Impression, Pair, Rater, Study, Vote
 
     study = session.get(Study, study_id)
     if study is None:
@@ -163,8 +170,10 @@ def votes_from_db(session, study_id: int) -> pd.DataFrame:  # noqa: ANN001 - sql
     left, right, img_a, img_b, gold = (aliased(Image) for _ in range(5))
     query = (select(Vote.id, Vote.impression_id, Vote.pair_id, Pair.kind, Pair.source_pair_id, Pair.class_label,
                     Pair.class_name, Pair.seed, img_a.method, img_b.method, left.method, right.method, Vote.answer,
-                    gold.method, Vote.rater_id, Impression.shown_at, Vote.answered_at, Vote.latency_ms)
+                    gold.method, Vote.rater_id, Rater.participant_id, Rater.platform_ids, Impression.shown_at,
+                    Vote.answered_at, Vote.latency_ms)
              .join(Impression, Impression.id == Vote.impression_id)
+             .join(Rater, Rater.id == Vote.rater_id)
              .join(Pair, Pair.id == Vote.pair_id)
              .join(img_a, img_a.id == Pair.image_a_id).join(img_b, img_b.id == Pair.image_b_id)
              .join(left, left.id == Impression.left_image_id).join(right, right.id == Impression.right_image_id)
@@ -172,7 +181,7 @@ def votes_from_db(session, study_id: int) -> pd.DataFrame:  # noqa: ANN001 - sql
              .where(Pair.study_id == study_id).order_by(Vote.id))
     columns = ["vote_id", "impression_id", "pair_id", "pair_kind", "source_pair_id", "class_label", "class_name",
                "seed", "method_a", "method_b", "left_method", "right_method", "answer", "gold_correct_method",
-               "rater_id", "shown_at", "answered_at", "latency_ms"]
+               "rater_id", "participant_id", "platform_ids", "shown_at", "answered_at", "latency_ms"]
     rows = [list(r) for r in session.execute(query)]
     frame = pd.DataFrame(rows, columns=columns)
     frame.insert(0, "study", study.name)
@@ -180,6 +189,8 @@ def votes_from_db(session, study_id: int) -> pd.DataFrame:  # noqa: ANN001 - sql
         frame[column] = frame[column].map(lambda t: t.isoformat(timespec="milliseconds") if t is not None else "")
     for column in ("source_pair_id", "class_label", "seed"):
         frame[column] = frame[column].map(lambda v: "" if v is None or pd.isna(v) else str(int(v)))
+    frame["participant_id"] = frame["participant_id"].map(lambda v: v or "")
+    frame["platform_ids"] = frame["platform_ids"].map(lambda v: json.dumps(v, sort_keys=True) if v else "")
     if frame.empty:
         for column in REQUIRED_COLUMNS:
             frame[column] = frame[column].astype(str)

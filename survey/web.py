@@ -7,7 +7,11 @@
 Routes (relative to the mount point; every link in the pages is relative too):
 
     GET  /                      a neutral landing page (no lab, no results)
-    GET  /r/{invite}            consent, the current pair, or the finish page
+    GET  /s/{secret}?PROLIFIC_PID=..   a study's public link (crowdsourcing): join or resume,
+                                then 303 to /r/{invite}; 404 unknown link, 400 missing or
+                                malformed id, 409 study full, 410 closed
+    GET  /r/{invite}            consent, the current pair, or the finish page (with the
+                                completion code and redirect for study-link participants)
     POST /r/{invite}/consent    agree and start
     POST /r/{invite}/vote       form fields impression=<token>, answer=L|R|S -> 303 back
                                 (or JSON {"impression", "answer"} -> JSON reply)
@@ -220,9 +224,33 @@ def create_survey_app(db_url: str | Path, media_dir: str | Path, admin_password:
         if current.status == "consent":
             return _html(pages.consent_page(token, current.total, _question(db, token)))
         if current.status == "finished":
+            from .links import completion
+
+            done = completion(db, token)  # a crowdsourcing participant: completion or screen-out code
+            if done is not None:
+                return _html(pages.completion_page(current.answered, done.code, done.url, done.screened_out))
             return _html(pages.finish_page(current.answered))
         s = current.showing
         return _html(pages.pair_page(token, s.token, s.class_name, s.question, s.position, s.total))
+
+    @app.get("/s/{secret}")
+    def study_link(secret: str, request: Request) -> Response:
+        """The public link of a study on a crowdsourcing platform: the participant id comes
+        from the URL; a known id resumes, a new one joins (within the quota)."""
+        from . import links
+
+        try:
+            try:
+                params = parse_qs(request.url.query, keep_blank_values=True, max_num_fields=50)
+            except ValueError:
+                raise links.LinkError("this link has too many parameters; open the study from the platform's "
+                                      "page again") from None
+            rater = links.join(db, secret, params)
+        except links.StudyFull as exc:
+            return _html(pages.study_full_page(exc.message), exc.status)
+        except flow.FlowError as exc:
+            return _html(pages.error_page(exc.message), exc.status)
+        return RedirectResponse(f"../r/{rater.invite_token}", status_code=303, headers=SECURITY_HEADERS)
 
     @app.post("/r/{token}/consent")
     def give_consent(token: str) -> Response:
@@ -285,7 +313,8 @@ def create_survey_app(db_url: str | Path, media_dir: str | Path, admin_password:
 
     def denied() -> Response:
         if admin_password is None:
-            return PlainTextResponse("the results view is disabled: start the server with --admin-password", 403)
+            return PlainTextResponse("the results view is disabled: start the server with the environment variable "
+                                     "RCG_ADMIN_PASSWORD set", 403)
         return PlainTextResponse("admin password required", 401,
                                  headers={"WWW-Authenticate": 'Basic realm="survey results", charset="UTF-8"'})
 
@@ -293,25 +322,29 @@ def create_survey_app(db_url: str | Path, media_dir: str | Path, admin_password:
     def results(request: Request, study: str | None = None) -> Response:
         if not authorised(request):
             return denied()
-        from .report import report_markdown
-
         try:
-            current, report, counts = _report(db, study)
-            text = pages.markdown_to_html(report_markdown(report)) if report else \
-                "<p>No votes yet.</p>"
+            current, text, counts = _report_html(db, study)
         except (ValueError, LookupError) as exc:
             return _html(pages.error_page(str(exc)), 400)
-        names = _study_names(db)
-        return _html(pages.results_page(text, names, current.name, counts, []))
+        return _html(pages.results_page(text, _study_names(db), current.name, counts, []))
 
     @app.get("/results.json")
     def results_json(request: Request, study: str | None = None) -> Response:
         if not authorised(request):
             return denied()
+        from .analysis import AnalysisError
+
         try:
-            _current, report, counts = _report(db, study)
+            current = _find(db, study)
         except (ValueError, LookupError) as exc:
             return JSONResponse({"error": str(exc)}, 400)
+        try:
+            _current, report, counts = _report(db, current.name)
+        except AnalysisError as exc:  # progress stays readable when the figures cannot be computed
+            from .create import study_counts
+
+            return JSONResponse({"counts": study_counts(db, current.id), "report": None, "error": str(exc)},
+                                headers=SECURITY_HEADERS)
         return JSONResponse({"counts": counts, "report": report}, headers=SECURITY_HEADERS)
 
     @app.get("/votes.csv")
@@ -354,10 +387,7 @@ def create_survey_app(db_url: str | Path, media_dir: str | Path, admin_password:
             return _html(pages.error_page(str(exc)), 400)
         base = str(request.base_url).rstrip("/") + request.scope.get("root_path", "")
         links = flow.invite_links(raters, base)
-        _c, report, counts = _report(db, current.name)
-        from .report import report_markdown
-
-        text = pages.markdown_to_html(report_markdown(report)) if report else "<p>No votes yet.</p>"
+        _c, text, counts = _report_html(db, current.name)
         return _html(pages.results_page(text, _study_names(db), current.name, counts, links))
 
     return app
@@ -389,6 +419,30 @@ def _report(db: SurveyDB, study: str | None) -> tuple[Study, dict | None, dict]:
 
     current = find_study(db, study)
     return current, study_report(db, current.name, bootstrap=1000), study_counts(db, current.id)
+
+
+def _find(db: SurveyDB, study: str | None) -> Study:
+    from .create import find_study
+
+    return find_study(db, study)
+
+
+def _report_html(db: SurveyDB, study: str | None) -> tuple[Study, str, dict]:
+    """The study, its report as HTML and its counts. A report that cannot be computed
+    (e.g. no main-pair answers yet) becomes a note in the page: progress, the invite
+    form and the links stay usable."""
+    from .analysis import AnalysisError
+    from .create import study_counts
+    from .report import report_markdown
+
+    current = _find(db, study)
+    try:
+        _c, report, counts = _report(db, current.name)
+    except AnalysisError as exc:
+        note = f'<p class="error" id="report-error">The report cannot be computed yet: {pages.esc(exc)}</p>'
+        return current, note, study_counts(db, current.id)
+    text = pages.markdown_to_html(report_markdown(report)) if report else "<p>No votes yet.</p>"
+    return current, text, counts
 
 
 def serve(db_url: str | Path, media_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,

@@ -286,6 +286,46 @@ def test_rater_quality_and_exclusions():
         apply_exclusions(votes, ExclusionRules(exclude_raters=("nobody",)))
 
 
+def test_each_exclusion_names_the_rule_and_the_value_that_broke_it():
+    votes = votes_from_records(quality_records())
+    rules = ExclusionRules(min_gold_accuracy=0.75, min_median_latency_ms=500, exclude_one_sided=True,
+                           min_repeat_consistency=0.5)
+    kept, report = apply_exclusions(votes, rules, "test")
+    why = {(d["rater"], d["rule"]): d for d in report.details}
+    # expected values counted by hand from quality_records(): gold answers per rater are 4
+    assert set(why) == {("fast", "gold accuracy"), ("fast", "median latency"), ("lefty", "gold accuracy"),
+                        ("lefty", "one sided"), ("lefty", "repeat consistency"), ("sloppy", "gold accuracy")}
+    assert why[("sloppy", "gold accuracy")]["value"] == 0.0
+    assert why[("sloppy", "gold accuracy")]["text"] == "gold accuracy 0 % (0 of 4 gold answers correct) is below 75 %"
+    assert why[("fast", "gold accuracy")]["text"].startswith("gold accuracy 25 % (1 of 4")
+    assert why[("fast", "median latency")]["value"] == 300.0
+    assert why[("fast", "median latency")]["text"] == "median answer time 300 ms is below 500 ms"
+    assert why[("lefty", "one sided")]["text"] == "answered Left to all 18 pairs"
+    assert why[("lefty", "repeat consistency")]["text"].startswith("repeat consistency 0 % (0 of 2")
+    # listed but not applied: everybody is kept, the details are the same
+    kept_all, listed = apply_exclusions(votes, rules, "test", apply=False)
+    assert len(kept_all) == len(votes) and listed.details == report.details and listed.applied is False
+    assert listed.raters_after == listed.raters_before == 4
+
+
+def test_report_when_every_rater_is_excluded_shows_unfiltered_figures_marked():
+    votes = votes_from_records(quality_records())
+    rules = ExclusionRules(exclude_raters=("good", "sloppy", "lefty", "fast"))
+    report = build_report(votes, ReportOptions(bootstrap=0, rules=rules, rules_source="test"))
+    assert report["unfiltered"] and "removed every rater (4 of 4)" in report["unfiltered"]
+    assert report["data"]["raters"] == 4 and report["data"]["answers"] == len(votes)
+    assert report["exclusions"]["raters_after"] == 0 and len(report["exclusions"]["details"]) == 4
+    text = report_markdown(report)
+    assert "**UNFILTERED FIGURES:**" in text and "| good | named |" in text
+    unfiltered = build_report(votes, ReportOptions(bootstrap=0))
+    assert unfiltered["comparisons"] == report["comparisons"]  # the same figures as with no rule at all
+    assert unfiltered["unfiltered"] is None and "UNFILTERED" not in report_markdown(unfiltered)
+    # --no-exclusions: no warning, the rules' verdicts listed as "would be excluded"
+    listed = build_report(votes, ReportOptions(bootstrap=0, rules=rules, apply_exclusions=False))
+    assert listed["unfiltered"] is None and listed["comparisons"] == unfiltered["comparisons"]
+    assert "4 rater(s) would be excluded" in report_markdown(listed)
+
+
 def test_report_runs_and_prints_denominator(votes):
     options = ReportOptions(bootstrap=200, rules=ExclusionRules(min_median_latency_ms=100), rules_source="test")
     report = build_report(votes, options)

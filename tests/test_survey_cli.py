@@ -14,6 +14,7 @@ from survey.cli import main
 from survey.create import find_study
 from survey.db import open_db
 
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(*argv: str) -> int:
@@ -138,6 +139,47 @@ def test_npz_study_and_errors(tmp_path, capsys):
         assert [t for (t,) in other.execute("SELECT name FROM sqlite_master")] == ["things"]
 
 
+def answer_all(db_path: Path, study: str, raters: int, answer: str = "S") -> None:
+    """``raters`` raters answer every item with ``answer`` (Same fails every gold pair)."""
+    db = open_db(db_path)
+    for rater in flow.invite(db, find_study(db, study).id, count=raters):
+        flow.consent(db, rater.invite_token)
+        while (state := flow.state(db, rater.invite_token)).status == "pair":
+            flow.record_vote(db, rater.invite_token, state.showing.token, answer)
+    db.dispose()
+
+
+def test_report_when_the_rules_remove_every_rater(tmp_path, capsys):
+    """The README's rules (--exclude-gold-below 0.75, one gold item per rater) on a small
+    study where both raters miss their gold item: the report names each rater, the rule
+    and the value, and still shows the figures, marked as unfiltered."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 8)
+    for name in ("a", "b"):
+        np.savez(tmp_path / f"{name}.npz", rng.integers(0, 255, (8, 8, 8, 3), dtype=np.uint8), labels)
+    db = tmp_path / "s.db"
+    assert run("create", "--db", db, "--name", "small", "--from-npz", tmp_path / "a.npz", tmp_path / "b.npz",
+               "--names", "vanilla", "robust", "--per-rater", "4", "--gold-rate", "0.25",
+               "--exclude-gold-below", "0.75") == 0
+    answer_all(db, "small", raters=2)
+    capsys.readouterr()
+    assert run("report", "--db", db, "--bootstrap", "0") == 0
+    text = capsys.readouterr().out
+    assert "**UNFILTERED FIGURES:** the exclusion rules removed every rater (2 of 2)" in text
+    for rater in ("1", "2"):
+        assert f"| {rater} | gold accuracy | 0 | gold accuracy 0 % (0 of 1 gold answers correct) is below 75 % |" in text
+    assert "## robust vs vanilla" in text and "10 answers (8 on" in text
+    assert run("report", "--db", db, "--bootstrap", "0", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["unfiltered"] and report["exclusions"]["raters_after"] == 0
+    assert [(d["rater"], d["rule"], d["value"]) for d in report["exclusions"]["details"]] == \
+        [("1", "gold accuracy", 0.0), ("2", "gold accuracy", 0.0)]
+    assert run("report", "--db", db, "--bootstrap", "0", "--no-exclusions") == 0
+    text = capsys.readouterr().out
+    assert "UNFILTERED" not in text and "not applied" in text and "2 rater(s) would be excluded" in text
+    assert "Raters 2 -> 2, answers 10 -> 10" in text
+
+
 def test_power_command(capsys):
     assert run("power", "--paper") == 0
     out = capsys.readouterr().out
@@ -150,7 +192,7 @@ def test_power_command(capsys):
     assert "differ from 0.5" in capsys.readouterr().err
 
 
-COMMANDS = ("init", "create", "invite", "serve", "report", "export", "power", "info")
+COMMANDS = ("init", "create", "invite", "open-link", "serve", "report", "export", "power", "info")
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -176,15 +218,56 @@ def test_serve_warns_about_a_command_line_password_and_never_prints_it(tmp_path,
     started = {}
     monkeypatch.setattr(survey.web, "serve", lambda *args, **kw: started.setdefault("args", args))
     monkeypatch.delenv("SURVEY_ADMIN_PASSWORD", raising=False)
+    monkeypatch.delenv("RCG_ADMIN_PASSWORD", raising=False)
     assert run("serve", "--db", tmp_path / "s.db") == 2  # a mistyped --db is not served as an empty survey
     assert "no survey database at" in capsys.readouterr().err and not (tmp_path / "s.db").exists()
     assert run("init", "--db", tmp_path / "s.db") == 0
     assert run("serve", "--db", tmp_path / "s.db", "--admin-password", "s3cret-pw") == 0
     err = capsys.readouterr().err
-    assert "warning" in err and "SURVEY_ADMIN_PASSWORD" in err and "s3cret-pw" not in err
+    assert "warning" in err and "RCG_ADMIN_PASSWORD" in err and "s3cret-pw" not in err
     assert started.pop("args")[4] == "s3cret-pw"
-    monkeypatch.setenv("SURVEY_ADMIN_PASSWORD", "from-env-pw")
+    monkeypatch.setenv("RCG_ADMIN_PASSWORD", "from-env-pw")
     assert run("serve", "--db", tmp_path / "s.db") == 0
     out = capsys.readouterr()
-    assert "warning" not in out.err and "from-env-pw" not in out.err + out.out and "results view on" in out.err
-    assert started["args"][4] == "from-env-pw"
+    assert "warning" not in out.err and "note" not in out.err and "from-env-pw" not in out.err + out.out
+    assert "results view on" in out.err and started.pop("args")[4] == "from-env-pw"
+    # the old name still works, with a note naming the new one
+    monkeypatch.delenv("RCG_ADMIN_PASSWORD")
+    monkeypatch.setenv("SURVEY_ADMIN_PASSWORD", "old-name-pw")
+    assert run("serve", "--db", tmp_path / "s.db") == 0
+    err = capsys.readouterr().err
+    assert "SURVEY_ADMIN_PASSWORD is deprecated; use RCG_ADMIN_PASSWORD" in err and "old-name-pw" not in err
+    assert started.pop("args")[4] == "old-name-pw"
+    # both set and different: the new name wins, and the note says so
+    monkeypatch.setenv("RCG_ADMIN_PASSWORD", "new-name-pw")
+    assert run("serve", "--db", tmp_path / "s.db") == 0
+    assert "using RCG_ADMIN_PASSWORD" in capsys.readouterr().err and started.pop("args")[4] == "new-name-pw"
+
+
+def test_db_from_the_environment(tmp_path, monkeypatch, capsys):
+    """RCG_SURVEY_DB (shared with the lab) is the default --db, so a database URL with a
+    password stays off the command line."""
+    monkeypatch.setenv("RCG_SURVEY_DB", str(tmp_path / "env.db"))
+    assert run("init") == 0
+    assert (tmp_path / "env.db").is_file() and "schema at revision" in capsys.readouterr().out
+    monkeypatch.delenv("RCG_SURVEY_DB")
+    with pytest.raises(SystemExit) as done:
+        run("init")
+    assert done.value.code == 2 and "--db" in capsys.readouterr().err
+
+
+def test_no_example_or_help_puts_a_password_on_the_command_line(capsys):
+    """Every example of the survey, the lab and the README gives secrets through the
+    environment."""
+    import re
+
+    from app.__main__ import build_parser as lab_parser
+    from survey.cli import EXAMPLES, build_parser
+    texts = [build_parser().format_help(), lab_parser().format_help(), *EXAMPLES.values(),
+             (ROOT / "README.md").read_text()]
+    commands = [line for text in texts for line in text.splitlines()
+                if re.search(r"python -m |rcg-(lab|survey|train)", line)]
+    assert len(commands) > 40
+    for line in commands:
+        assert not re.search(r"--(admin|lab)-password", line), line
+        assert "SURVEY_ADMIN_PASSWORD=" not in line, line

@@ -119,3 +119,42 @@ def test_postgres_migration_from_0001_keeps_votes_and_rolls_back_on_failure(pg_u
         assert current_revision(engine) == "0001" and rows(engine, "votes") == votes
     finally:
         engine.dispose()
+
+
+def test_postgres_study_link_one_participation_per_id_and_quota(pg_url, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from survey import links
+    from survey.models import Rater
+
+    db = open_db(pg_url)
+    try:
+        rng = np.random.default_rng(0)
+        units = [{m: SourceImage(rng.integers(0, 255, (8, 8), dtype=np.uint8), m, f"c{i}", i, i) for m in
+                  ("vanilla", "robust")} for i in range(4)]
+        study_id = create_study(db, tmp_path / "media", "pg-link", units, plan=StudyPlan(per_rater=2))
+        link = links.open_link(db, study_id, quota=3)
+        # ten visits at once, five ids twice each, quota 3: three raters, the others told the study is full
+        def visit(pid: str):
+            try:
+                return links.join(db, link.secret, {"PROLIFIC_PID": [pid]}).participant_id
+            except links.StudyFull:
+                return "full"
+
+        with ThreadPoolExecutor(10) as pool:
+            outcomes = list(pool.map(visit, [f"P{i % 5}" for i in range(10)]))
+        with db.session() as s:
+            joined = sorted(s.scalars(select(Rater.participant_id).where(Rater.study_id == study_id)))
+        assert len(joined) == 3 and outcomes.count("full") >= 4
+        assert all(o == "full" or o in joined for o in outcomes)
+        with pytest.raises(IntegrityError):  # the database itself refuses a second participation
+            with db.session() as s:
+                link_id = s.scalar(text("SELECT id FROM study_links"))
+                s.add(Rater(study_id=study_id, invite_token=flow.new_token(), planned_total=2, created_at=utcnow(),
+                            link_id=link_id, participant_id=joined[0]))
+        with pytest.raises(IntegrityError, match="participant_via_link"):
+            with db.session() as s:
+                s.add(Rater(study_id=study_id, invite_token=flow.new_token(), planned_total=2, created_at=utcnow(),
+                            participant_id="NOLINK"))
+    finally:
+        db.dispose()

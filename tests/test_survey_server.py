@@ -216,7 +216,7 @@ def test_serve_refuses_oversized_and_malformed_requests_over_http(tmp_path):
     password = "pw-" + "q7Zr" * 6
     # access log on (info): it must still hold neither the password nor the Authorization header
     server = Server(tmp_path / "s.db", tmp_path / "media", ("--log-level", "info"),
-                    env={"SURVEY_ADMIN_PASSWORD": password})
+                    env={"RCG_ADMIN_PASSWORD": password})
     try:
         admin = httpx.Client(base_url=server.url, timeout=30)
         assert admin.get("/results.json").status_code == 401
