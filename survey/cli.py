@@ -150,12 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-bundle", nargs="?", const="", metavar="BUNDLE_DIR",
                      help="generate with a bundle (default: the project's models/)")
+    src.add_argument("--diffusers-dir", default=None, metavar="PATH",
+                     help="generate with a local diffusers pipeline folder and the --guide networks")
     src.add_argument("--from-npz", nargs=2, type=Path, metavar=("A.npz", "B.npz"),
                      help="two guided-diffusion sample files with the same seeds and labels (paired by index)")
     src.add_argument("--from-folders", nargs=2, type=Path, metavar=("DIR_A", "DIR_B"),
                      help="two folders of images matched by relative file name")
     p.add_argument("--methods", nargs="+", default=["vanilla:0.5", "robust:1.0"],
                    help="bundle methods as [label=]guide[:scale]")
+    p.add_argument("--guide", action="append", default=[], metavar="NAME=PATH",
+                   help="with --diffusers-dir: a guide, NAME=PATH (train.classifier model file) or NAME=PRESET:PATH; "
+                        "repeatable")
     p.add_argument("--names", nargs=2, metavar=("A", "B"), help="method names of the two files / folders")
     p.add_argument("--class-names", type=Path, help="JSON list or one class name per line (for labels)")
     p.add_argument("--pairs", type=int, default=None,
@@ -247,16 +252,25 @@ def cmd_create(args: argparse.Namespace) -> int:
     media = args.media or default_media(args.db)
     db = open_db(args.db)
     class_names = read_class_names(args.class_names)
-    if args.from_bundle is not None:
-        from engine.bundles import load_bundle
+    if args.guide and not args.diffusers_dir:
+        raise SystemExit("--guide goes with --diffusers-dir (a bundle folder names its own guides)")
+    if args.from_bundle is not None or args.diffusers_dir:
+        from engine.bundles import BundleError, load_bundle, open_models
 
-        bundle = load_bundle(args.from_bundle or None)
         device = args.device
         if device is None:
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if args.diffusers_dir:
+            try:
+                bundle = open_models(diffusers_dir=args.diffusers_dir, guides=args.guide, device=device)
+            except (BundleError, KeyError) as exc:
+                raise SystemExit(f"--diffusers-dir {args.diffusers_dir}: {exc}") from None
+        else:
+            bundle = load_bundle(args.from_bundle or None)
         bundle.to(device)
+        bundle_path = args.diffusers_dir or args.from_bundle or "models/"
         specs = [MethodSpec.parse(m) for m in args.methods]
         n = args.pairs if args.pairs is not None else 200
 
@@ -264,11 +278,13 @@ def cmd_create(args: argparse.Namespace) -> int:
             print(f"  generated {done}/{total} units", file=sys.stderr)
 
         units = units_from_bundle(bundle, specs, n, args.seed, respacing=args.respacing, sampler=args.sampler,
-                                  batch_size=args.batch_size, bundle_path=args.from_bundle or "models/",
+                                  batch_size=args.batch_size, bundle_path=bundle_path,
                                   progress=progress)
         methods = [s.label for s in specs]
-        source = {"kind": "bundle", "bundle": args.from_bundle or "models/", "methods": args.methods,
-                  "respacing": args.respacing, "sampler": args.sampler}
+        source = {"kind": "diffusers" if args.diffusers_dir else "bundle", "bundle": bundle_path,
+                  "methods": args.methods, "respacing": args.respacing, "sampler": args.sampler}
+        if args.diffusers_dir:
+            source["guides"] = list(args.guide)
     elif args.from_npz:
         units = units_from_npz(*args.from_npz, methods=args.names, class_names=class_names, limit=args.pairs,
                                seed=args.seed)
