@@ -296,6 +296,8 @@ class DiffusersDenoiser(nn.Module):
         self.unet = unet
         config = unet.config
         size = config.sample_size
+        if size is None:
+            raise DiffusersError("the UNet config gives no sample_size (the image size); add it to unet/config.json")
         if isinstance(size, (list, tuple)):
             if len(size) != 2 or size[0] != size[1]:
                 raise DiffusersError(f"the UNet makes {size[0]}x{size[1]} images; the engine samples square images only")
@@ -360,7 +362,8 @@ def _locate(root: Path) -> tuple[Path, Path, dict[str, Any]]:
         raise DiffusersError(f"{root} is a file; give the pipeline folder (with model_index.json, unet/, scheduler/)")
     index = _read_json(root / "model_index.json", "pipeline index") if (root / "model_index.json").is_file() else {}
     pipeline = str(index.get("_class_name", ""))
-    latent = [part for part in LATENT_PARTS if index.get(part) or (root / part).is_dir()]
+    latent = [part for part in LATENT_PARTS  # model_index.json marks absent optional parts [null, null]
+              if (isinstance(index.get(part), list) and any(index[part])) or (root / part).is_dir()]
     if latent or "Latent" in pipeline or "StableDiffusion" in pipeline:
         raise DiffusersError(
             f"{root} is a latent-space or text-conditioned pipeline ({pipeline or 'components ' + ', '.join(latent)}); "
@@ -368,7 +371,11 @@ def _locate(root: Path) -> tuple[Path, Path, dict[str, Any]]:
             "a guide of pixel images cannot steer a latent")
     unet, scheduler = root / "unet", root / "scheduler"
     if not (unet / "config.json").is_file() or not (scheduler / "scheduler_config.json").is_file():
-        hint = " (it is an engine bundle: use --bundle)" if (root / "bundle.json").is_file() else ""
+        hint = ""
+        if (root / "bundle.json").is_file():
+            hint = " (it is an engine bundle: use --bundle)"
+        elif (root / "scheduler_config.json").is_file() or (root / "config.json").is_file():
+            hint = " (it looks like one component of a pipeline: give the folder above it)"
         raise DiffusersError(
             f"{root} is not a diffusers pipeline folder{hint}: expected model_index.json with unet/config.json and "
             "scheduler/scheduler_config.json, as pipeline.save_pretrained(PATH) writes them")

@@ -371,6 +371,14 @@ def test_the_lab_loads_a_pipeline_in_the_models_tab_and_samples(tmp_path, tiny_b
                               False, ["robust"], 2)
     assert "robust" in record.result.images and record.result.labels == [2, 2]
     assert render.describe_markdown(record.bundle.describe())
+    # the lab's command line opens the same folder
+    from app.__main__ import build_parser, open_bundle
+
+    args = build_parser().parse_args(["--diffusers-dir", str(folder), "--guide", f"robust={guide}", "--device", "cpu"])
+    assert isinstance(open_bundle(args), DiffusersBundle)
+    args = build_parser().parse_args(["--diffusers-dir", str(tmp_path / "missing"), "--device", "cpu"])
+    with pytest.raises(SystemExit, match="Cannot load the models: no diffusers pipeline at"):
+        open_bundle(args)
     ok, message = models.load(state, str(tmp_path), "", "", "", "cpu", "fp32", "", str(folder))
     assert not ok and "without a bundle folder" in message
     ok, message = models.load(state, "", "", "", "", "cpu", "fp32", "", str(tmp_path / "missing"))
@@ -412,6 +420,8 @@ def test_clear_errors(tmp_path, tiny_bundle_dir):
     with pytest.raises(DiffusersError, match="engine bundle: use --bundle"):
         load_diffusers_pipeline(tiny_bundle_dir)
     folder = save_pipeline(tmp_path / "p", TINY_UNET, CIFAR10_SCHEDULER)
+    with pytest.raises(DiffusersError, match="one component of a pipeline: give the folder above it"):
+        load_diffusers_pipeline(folder / "unet")
 
     def edit(relative: str, **changes) -> None:
         path = folder / relative
