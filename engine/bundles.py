@@ -418,7 +418,8 @@ def open_models(bundle: str | Path | None = None, *, denoiser: str | None = None
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if diffusers_dir:
         if bundle or denoiser or preset_set:
-            raise BundleError("--diffusers-dir names the denoiser: give it without --bundle, --denoiser or --preset-set")
+            raise BundleError("--diffusers-dir names the denoiser: give it without --bundle, --denoiser or "
+                              "--preset-set")
         from .diffusers_adapter import load_diffusers_pipeline
 
         return load_diffusers_pipeline(diffusers_dir, guides, device=device, precision=precision, respacing=respacing)

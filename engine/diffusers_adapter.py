@@ -192,7 +192,8 @@ class DiffusersProcess(GaussianDiffusion):
                  respacing: str = ""):
         abar = schedule.alphas_cumprod
         super().__init__(respaced_betas(abar, kept), mean_type="epsilon", variance_type=schedule.variance_type,
-                         timestep_map=kept, original_num_steps=schedule.steps, config=_ProcessConfig(schedule, respacing))
+                         timestep_map=kept, original_num_steps=schedule.steps,
+                         config=_ProcessConfig(schedule, respacing))
         self.schedule = schedule
         self.prediction = PREDICTIONS[schedule.prediction_type]
         self.clip_range = schedule.clip_range
@@ -300,7 +301,7 @@ class DiffusersDenoiser(nn.Module):
             raise DiffusersError("the UNet config gives no sample_size (the image size); add it to unet/config.json")
         if isinstance(size, (list, tuple)):
             if len(size) != 2 or size[0] != size[1]:
-                raise DiffusersError(f"the UNet makes {size[0]}x{size[1]} images; the engine samples square images only")
+                raise DiffusersError(f"the UNet makes {size[0]}x{size[1]} images; the engine samples square ones only")
             size = size[0]
         self.image_size = int(size)
         self.in_channels = int(config.in_channels)
@@ -367,8 +368,8 @@ def _locate(root: Path) -> tuple[Path, Path, dict[str, Any]]:
     if latent or "Latent" in pipeline or "StableDiffusion" in pipeline:
         raise DiffusersError(
             f"{root} is a latent-space or text-conditioned pipeline ({pipeline or 'components ' + ', '.join(latent)}); "
-            "only pixel-space pipelines (UNet2DModel + DDPMScheduler / DDIMScheduler, e.g. DDPMPipeline) are supported: "
-            "a guide of pixel images cannot steer a latent")
+            "only pixel-space pipelines (UNet2DModel + DDPMScheduler / DDIMScheduler, e.g. DDPMPipeline) are "
+            "supported: a guide of pixel images cannot steer a latent")
     unet, scheduler = root / "unet", root / "scheduler"
     if not (unet / "config.json").is_file() or not (scheduler / "scheduler_config.json").is_file():
         hint = ""
@@ -389,7 +390,8 @@ def _check_unet_config(config: Mapping[str, Any], where: Path) -> int | None:
         extra = " (text-conditioned; latent pipelines are not supported)" if "Condition" in str(name) else ""
         raise DiffusersError(f"{where} describes a {name}{extra}; the engine guides pixel-space UNet2DModel denoisers")
     if config.get("time_embedding_type", "positional") == "fourier":
-        raise DiffusersError(f"{where}: a Fourier time embedding belongs to score-SDE models (continuous noise levels), "
+        raise DiffusersError(f"{where}: a Fourier time embedding belongs to score-SDE models (continuous noise "
+                             "levels), "
                              "not to DDPM / DDIM schedules; not supported")
     embed, count = config.get("class_embed_type"), config.get("num_class_embeds")
     if embed is None:
@@ -540,7 +542,8 @@ def check_guide_fits(name: str, guide: Guide, denoiser: DiffusersDenoiser, sched
                                                                     int(channels) != denoiser.in_channels):
         raise DiffusersError(
             f"guide {name!r} takes {channels}x{size}x{size} images but the diffusers model makes "
-            f"{denoiser.in_channels}x{denoiser.image_size}x{denoiser.image_size} images; train a guide on this size, e.g. "
+            f"{denoiser.in_channels}x{denoiser.image_size}x{denoiser.image_size} images; train a guide on this size, "
+            "e.g. "
             f"python -m train.classifier --image-size {denoiser.image_size} --noise-schedule linear ... on "
             f"{denoiser.in_channels}-channel data")
     if guide.time_dependent and trained_on is not None:

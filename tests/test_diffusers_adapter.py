@@ -132,7 +132,8 @@ def diffusers_run(folder: Path, steps: int, batch: int, seed: int, *, eta: float
             scheduler.set_timesteps(steps)
             y = torch.tensor(labels)
             for t in scheduler.timesteps:
-                x = scheduler.step(pipe.unet(x, t, class_labels=y).sample, t, x, generator=generator, **extra).prev_sample
+                out = pipe.unet(x, t, class_labels=y).sample
+                x = scheduler.step(out, t, x, generator=generator, **extra).prev_sample
     timesteps = [int(t) for t in scheduler.timesteps]
     size = pipe.unet.config.sample_size
     shape = (batch, pipe.unet.config.in_channels, size, size)
