@@ -57,7 +57,8 @@ DDPM_VARIANCES = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small"
 LATENT_PARTS = ("vae", "vqvae", "text_encoder", "tokenizer", "transformer", "prior")
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
                 "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.fp16.bin")
-INSTALL_HINT = "pip install -r requirements-diffusers.txt (diffusers==0.42.1; or the project's extra: pip install .[diffusers])"
+INSTALL_HINT = ("pip install -r requirements-diffusers.txt (diffusers==0.42.1; or the project's extra: "
+                "pip install .[diffusers])")
 
 
 class DiffusersError(BundleError):
