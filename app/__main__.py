@@ -84,6 +84,7 @@ def no_models_message(error: str) -> str:
             "  python -m app --preset-set imagenet128 --denoiser /ckpt/128x128_diffusion.pt \\\n"
             "      --guide vanilla=/ckpt/128x128_classifier.pt --guide robust=/ckpt/robust_classifier_128.pt\n"
             "  python -m app --denoiser gd-128-denoiser:/ckpt/128x128_diffusion.pt --guide NAME=PRESET:PATH ...\n"
+            "  python -m app --diffusers-dir /path/to/diffusers_pipeline --guide NAME=runs/guide/model.pt ...\n"
             "or build the bundle with python -m train.* and python -m train.bundle add (see the README).")
 
 
@@ -93,14 +94,14 @@ def open_bundle(args: argparse.Namespace):
 
     try:
         return open_models(args.bundle, denoiser=args.denoiser, guides=args.guide, preset_set=args.preset_set,
-                           device=args.device, precision=args.precision)
+                           device=args.device, precision=args.precision, diffusers_dir=args.diffusers_dir)
     except (BundleError, KeyError) as exc:
         text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-        default_requested = not (args.bundle or args.denoiser or args.guide or args.preset_set)
+        default_requested = not (args.bundle or args.denoiser or args.guide or args.preset_set or args.diffusers_dir)
         if default_requested and not (DEFAULT_BUNDLE_DIR / "bundle.json").is_file():
             raise SystemExit(no_models_message(text)) from None
         raise SystemExit(f"Cannot load the models: {text}\n(see python -m app --help: --bundle, --denoiser, --guide, "
-                         "--preset-set)") from None
+                         "--preset-set, --diffusers-dir)") from None
 
 
 def _loopback_address(text: str) -> bool:

@@ -18,6 +18,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--guide", action="append", default=[],
                    help="NAME=PRESET:PATH of a published classifier (or NAME=PATH with --preset-set); repeatable")
     g.add_argument("--preset-set", default=None, help="e.g. imagenet128 (see engine/presets.py)")
+    g.add_argument("--diffusers-dir", default=None, metavar="PATH",
+                   help="a local diffusers pixel-space pipeline folder (model_index.json, unet/, scheduler/); "
+                        "guides then as --guide NAME=PATH (train.classifier model file) or NAME=PRESET:PATH")
     g.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
                    help="denoiser torso precision on GPU (classifier gradients stay fp32)")
 
@@ -26,6 +29,6 @@ def open_from_args(args: argparse.Namespace, device: str) -> Bundle:
     """The models named by :func:`add_model_args` options; a clean exit message on error."""
     try:
         return open_models(args.bundle, denoiser=args.denoiser, guides=args.guide, preset_set=args.preset_set,
-                           device=device, precision=args.precision)
+                           device=device, precision=args.precision, diffusers_dir=args.diffusers_dir)
     except (BundleError, KeyError) as exc:
         raise SystemExit(str(exc).strip("'\"")) from None

@@ -464,17 +464,26 @@ def parse_network_spec(spec: str) -> tuple[str, str]:
 
 def open_models(bundle: str | Path | None = None, *, denoiser: str | None = None, guides: Sequence[str] = (),
                 preset_set: str | None = None, device: str = "auto", precision: str = "fp32",
-                respacing: str | None = None) -> Bundle:
+                respacing: str | None = None, diffusers_dir: str | Path | None = None) -> Bundle:
     """Open models the way every command line names them:
 
     - nothing: the bundled MNIST models (``models/``);
     - ``bundle``: a bundle folder;
     - ``denoiser='PRESET:PATH'`` and ``guides=['NAME=PRESET:PATH', ...]``: published checkpoints;
-    - ``preset_set='imagenet128'`` with ``denoiser='PATH'`` and ``guides=['vanilla=PATH', 'robust=PATH']``.
+    - ``preset_set='imagenet128'`` with ``denoiser='PATH'`` and ``guides=['vanilla=PATH', 'robust=PATH']``;
+    - ``diffusers_dir``: a local diffusers pipeline folder, guides ``NAME=PATH`` (train.classifier
+      model files) or ``NAME=PRESET:PATH`` (see :mod:`engine.diffusers_adapter`).
 
     ``device='auto'`` picks CUDA when available."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if diffusers_dir:
+        if bundle or denoiser or preset_set:
+            raise BundleError("--diffusers-dir names the denoiser: give it without --bundle, --denoiser or "
+                              "--preset-set")
+        from .diffusers_adapter import load_diffusers_pipeline
+
+        return load_diffusers_pipeline(diffusers_dir, guides, device=device, precision=precision, respacing=respacing)
     if preset_set:
         if not denoiser:
             raise BundleError(f"preset set {preset_set} needs the denoiser file: --denoiser PATH")

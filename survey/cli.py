@@ -165,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-bundle", nargs="?", const="", metavar="BUNDLE_DIR",
                      help="generate with a bundle (default: the project's models/)")
+    src.add_argument("--diffusers-dir", default=None, metavar="PATH",
+                     help="generate with a local diffusers pipeline folder and the --guide networks")
     src.add_argument("--from-npz", nargs=2, type=Path, metavar=("A.npz", "B.npz"),
                      help="two guided-diffusion sample files with the same seeds and labels (paired by index)")
     src.add_argument("--from-folders", nargs=2, type=Path, metavar=("DIR_A", "DIR_B"),
@@ -179,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the project's models/)")
     p.add_argument("--methods", nargs="+", default=None,
                    help="bundle methods as [label=]guide[:scale] (default: vanilla:0.5 robust:1.0)")
+    p.add_argument("--guide", action="append", default=[], metavar="NAME=PATH",
+                   help="with --diffusers-dir: a guide, NAME=PATH (train.classifier model file) or NAME=PRESET:PATH; "
+                        "repeatable")
     p.add_argument("--names", nargs=2, metavar=("A", "B"), help="method names of the two files / folders")
     p.add_argument("--class-names", type=Path, help="JSON list or one class name per line (for labels)")
     p.add_argument("--pairs", type=int, default=None,
@@ -299,6 +304,8 @@ def cmd_create(args: argparse.Namespace) -> int:
     run = _run_plan(args) if args.from_run else None  # a bad run file or models: refused before the database opens
     db = open_db(args.db)
     class_names = read_class_names(args.class_names)
+    if args.guide and not args.diffusers_dir:
+        raise SystemExit("--guide goes with --diffusers-dir (a bundle folder names its own guides)")
     if run is not None:
         from .create import units_from_configs
 
@@ -313,16 +320,23 @@ def cmd_create(args: argparse.Namespace) -> int:
                                    progress=progress)
         methods = [c.name for c in plan_of_run.configs]
         source = {**plan_of_run.source(), "bundle_path": bundle_path}
-    elif args.from_bundle is not None:
-        from engine.bundles import load_bundle
+    elif args.from_bundle is not None or args.diffusers_dir:
+        from engine.bundles import BundleError, load_bundle, open_models
 
-        bundle = load_bundle(args.from_bundle or None)
         device = args.device
         if device is None:
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if args.diffusers_dir:
+            try:
+                bundle = open_models(diffusers_dir=args.diffusers_dir, guides=args.guide, device=device)
+            except (BundleError, KeyError) as exc:
+                raise SystemExit(f"--diffusers-dir {args.diffusers_dir}: {exc}") from None
+        else:
+            bundle = load_bundle(args.from_bundle or None)
         bundle.to(device)
+        bundle_path = args.diffusers_dir or args.from_bundle or "models/"
         specs = [MethodSpec.parse(m) for m in args.methods or ["vanilla:0.5", "robust:1.0"]]
         n = args.pairs if args.pairs is not None else 200
 
@@ -330,11 +344,13 @@ def cmd_create(args: argparse.Namespace) -> int:
             print(f"  generated {done}/{total} units", file=sys.stderr)
 
         units = units_from_bundle(bundle, specs, n, args.seed, respacing=args.respacing, sampler=args.sampler or "ddpm",
-                                  batch_size=args.batch_size, bundle_path=args.from_bundle or "models/",
+                                  batch_size=args.batch_size, bundle_path=bundle_path,
                                   progress=progress)
         methods = [s.label for s in specs]
-        source = {"kind": "bundle", "bundle": args.from_bundle or "models/", "methods": [s.label for s in specs],
-                  "respacing": args.respacing, "sampler": args.sampler or "ddpm"}
+        source = {"kind": "diffusers" if args.diffusers_dir else "bundle", "bundle": bundle_path,
+                  "methods": methods, "respacing": args.respacing, "sampler": args.sampler or "ddpm"}
+        if args.diffusers_dir:
+            source["guides"] = list(args.guide)
     elif args.from_npz:
         units = units_from_npz(*args.from_npz, methods=args.names, class_names=class_names, limit=args.pairs,
                                seed=args.seed)

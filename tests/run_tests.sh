@@ -11,6 +11,8 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v a
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+# the optional diffusers adapter: its tests skip without it, and fail under CI=true
+.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-diffusers.txt
 export OMP_WAIT_POLICY=PASSIVE GRADIO_ANALYTICS_ENABLED=False
 
 # A throw-away PostgreSQL server for the survey's PostgreSQL tests, when the machine has one

@@ -339,10 +339,11 @@ def test_models_view_describes_and_loads(client, tiny_bundle, tiny_bundle_dir):
     described = json.loads(client.predict(api_name="/describe_models"))
     assert described["denoiser_parameters"] == tiny_bundle.describe()["denoiser_parameters"]
     assert sorted(described["guides"]) == ["nonrobust", "robust", "vanilla"]
-    load = ["", "", "", "", "cpu", "fp32", ""]
+    load = ["", "", "", "", "cpu", "fp32", "", ""]
 
     def load_with(**fields):
-        values = dict(zip(["folder", "preset_set", "denoiser", "guides", "device", "precision", "respacing"], load))
+        values = dict(zip(["folder", "preset_set", "denoiser", "guides", "device", "precision", "respacing",
+                           "diffusers_dir"], load))
         values.update(fields)
         return client.predict(*values.values(), api_name="/load_models")
 
@@ -351,6 +352,8 @@ def test_models_view_describes_and_loads(client, tiny_bundle, tiny_bundle_dir):
     assert "does not exist" in load_with(preset_set="cifar10", denoiser="/nope/cifar_diffusion_200k.pt",
                                          guides="robust=/nope/robust.pt")
     assert "Give a bundle folder" in load_with()
+    assert "no diffusers pipeline at /nope" in load_with(diffusers_dir="/nope")  # loading one: test_diffusers_adapter
+    assert "without a bundle folder" in load_with(folder=str(tiny_bundle_dir), diffusers_dir="/nope")
     assert "Loaded **tiny-random**" in load_with(folder=str(tiny_bundle_dir))
 
 

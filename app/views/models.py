@@ -1,5 +1,6 @@
-"""Models: what is loaded, and loading other models (a bundle folder, or published
-guided-diffusion checkpoints by preset name and file path) with the engine's errors."""
+"""Models: what is loaded, and loading other models (a bundle folder, published
+guided-diffusion checkpoints by preset name and file path, or a local diffusers pipeline
+folder) with the engine's errors."""
 
 from __future__ import annotations
 
@@ -18,13 +19,16 @@ from ..errors import message_of
 from ..state import LabState
 from . import View
 
-HELP = """Load models in one of three ways (the same as the command line):
+HELP = """Load models in one of four ways (the same as the command line):
 
 1. **Bundle folder**: a folder with `bundle.json` (e.g. `models/`).
 2. **Preset set** + files: e.g. set `imagenet128`, denoiser `/ckpt/128x128_diffusion.pt`, guides
    `vanilla=/ckpt/128x128_classifier.pt` and `robust=/ckpt/robust_classifier_128.pt` (one per line).
 3. **Presets** + files: denoiser `gd-128-denoiser:/ckpt/128x128_diffusion.pt`, guides
    `NAME=PRESET:PATH`, one per line.
+4. **Diffusers pipeline folder**: a local pixel-space pipeline (`model_index.json`, `unet/`, `scheduler/`, e.g. a saved
+   `google/ddpm-cifar10-32`), guides `NAME=PATH` (a `train.classifier` model file of the same image size) or
+   `NAME=PRESET:PATH`, one per line. Latent pipelines are not supported.
 
 Nothing is downloaded: the files must be on the server. Checkpoints load with `weights_only=True`; a file that
 does not fit its preset is refused with the missing, unexpected and mis-shaped keys. Loading replaces the models
@@ -52,22 +56,26 @@ def manifest_json(bundle: Bundle) -> dict[str, Any]:
 
 
 def load(state: LabState, folder: str, preset_set: str, denoiser: str, guides_text: str, device: str,
-         precision: str, respacing: str) -> tuple[bool, str]:
+         precision: str, respacing: str, diffusers_dir: str = "") -> tuple[bool, str]:
     """Open the named models and make them current; (ok, message)."""
     if not state.allow_model_loading:
         return False, "Loading models is disabled on this server (started with --lock-models)."
     folder, denoiser = (folder or "").strip(), (denoiser or "").strip()
-    preset_set = (preset_set or "").strip()
+    preset_set, diffusers_dir = (preset_set or "").strip(), (diffusers_dir or "").strip()
     guides = [line.strip() for line in (guides_text or "").splitlines() if line.strip()]
-    if not folder and not denoiser:
-        return False, "Give a bundle folder, or a denoiser (PRESET:PATH, or PATH with a preset set)."
+    if diffusers_dir and (folder or denoiser or preset_set):
+        return False, ("A diffusers pipeline folder is the denoiser: give it without a bundle folder, denoiser or "
+                       "preset set.")
+    if not folder and not denoiser and not diffusers_dir:
+        return False, ("Give a bundle folder, a denoiser (PRESET:PATH, or PATH with a preset set) or a diffusers "
+                       "pipeline folder.")
     if folder and (denoiser or guides or preset_set):
         return False, "Give either a bundle folder or checkpoints (denoiser / guides / preset set), not both."
     started = time.perf_counter()
     try:
         bundle = open_models(folder or None, denoiser=denoiser or None, guides=guides, preset_set=preset_set or None,
                              device=device or "auto", precision=precision or "fp32",
-                             respacing=(respacing or "").strip() or None)
+                             respacing=(respacing or "").strip() or None, diffusers_dir=diffusers_dir or None)
     except (BundleError, KeyError, ValueError, OSError, RuntimeError) as exc:
         return False, f"**Could not load the models:**\n\n```\n{message_of(exc)}\n```"
     state.swap(bundle)
@@ -92,6 +100,8 @@ def build(state: LabState) -> View:
             denoiser = gr.Textbox("", label="Denoiser", placeholder="gd-128-denoiser:/ckpt/128x128_diffusion.pt")
             guides = gr.Textbox("", lines=3, label="Guides (one per line)",
                                 placeholder="vanilla=gd-128-classifier:/ckpt/128x128_classifier.pt")
+            diffusers_dir = gr.Textbox("", label="Diffusers pipeline folder",
+                                       placeholder="/models/ddpm-cifar10-32 (model_index.json, unet/, scheduler/)")
             respacing = gr.Textbox("", label="Default respacing", placeholder="e.g. 250 (optional)")
             load_btn = gr.Button("Load", variant="primary", interactive=state.allow_model_loading)
             status = gr.Markdown("" if state.allow_model_loading else
@@ -101,14 +111,15 @@ def build(state: LabState) -> View:
                 gr.Dataframe(preset_table(), interactive=False)
 
     def on_load(folder_value, set_value, denoiser_value, guides_value, device_value, precision_value,
-                respacing_value):
+                respacing_value, diffusers_value):
         ok, message = load(state, folder_value, set_value, denoiser_value, guides_value, device_value,
-                           precision_value, respacing_value)
+                           precision_value, respacing_value, diffusers_value)
         if not ok:
             gr.Warning("Could not load the models; see the message below the Load button.")
         return message
 
-    load_event = load_btn.click(on_load, [folder, preset_set, denoiser, guides, device, precision, respacing], status,
+    load_event = load_btn.click(on_load, [folder, preset_set, denoiser, guides, device, precision, respacing,
+                                          diffusers_dir], status,
                                 api_name="load_models", concurrency_id="models", concurrency_limit=1)
 
     def refresh() -> list[Any]:
