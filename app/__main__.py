@@ -36,7 +36,7 @@ is downloaded; checkpoints load with torch.load(weights_only=True).
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cli.models import add_model_args
+    from engine.model_options import MODEL_OPTIONS, MODEL_OPTIONS_TITLE
 
     p = argparse.ArgumentParser(prog="python -m app", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve the lab without a password on a non-loopback --host (anyone who can reach the "
                         "server, survey raters included, can then use the lab and its compute)")
     s.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
-    add_model_args(p)
+    models = p.add_argument_group(MODEL_OPTIONS_TITLE)
+    for flag, kwargs in MODEL_OPTIONS:
+        models.add_argument(flag, **kwargs)
     m = p.add_argument_group("device and limits")
     m.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default auto)")
     m.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: min(4, cores))")

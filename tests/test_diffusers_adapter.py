@@ -326,7 +326,7 @@ def test_a_train_classifier_guide_steers_a_pipeline_from_the_command_line(tmp_pa
     robust = np.load(out / "robust" / "samples_2x16x16x3.npz")["arr_0"]
     assert not np.array_equal(robust, np.load(out / "unguided" / "samples_2x16x16x3.npz")["arr_0"])
     # train.evaluate and the lab parse the same options
-    from engine.cli_options import open_from_args
+    from train.model_args import open_from_args
     from train.evaluate import build_parser
 
     args = build_parser().parse_args(["--out", str(tmp_path / "e"), "--diffusers-dir", str(folder),
@@ -470,7 +470,7 @@ def test_clear_errors(tmp_path, tiny_bundle_dir):
 
 
 def test_diffusers_stays_optional(monkeypatch):
-    code = ("import sys, engine.bundles, engine.cli_options, engine.diffusers_adapter, engine.sampler; "
+    code = ("import sys, engine.bundles, engine.model_options, engine.diffusers_adapter, engine.sampler; "
             "print('diffusers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

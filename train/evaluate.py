@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cli.models import add_model_args, open_from_args
+from .model_args import add_model_args, open_from_args
 from engine.data import load_split
 from engine.guidance import GuidanceConfig, GuidanceSpec
 from engine.metrics import (InceptionV3Features, JudgeFeatures, class_accuracy, extract_features, frechet_distance,

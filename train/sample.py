@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from cli.models import add_model_args, open_from_args
+from .model_args import add_model_args, open_from_args
 from engine.guidance import GuidanceConfig, parse_spec
 from engine.viz import grid, images_to_uint8, save_png, upscale, to_rgb
 
