@@ -86,3 +86,17 @@ def test_shipped_lab_defaults_are_valid_columns(bundle):
     assert {"vanilla", "robust"} <= ticked
     adam = [row for row in rows if row[6] == "adam"]
     assert adam and all(row[4] < 1.0 for row in adam)
+
+
+def test_manifest_alignment_figures_show_the_mechanism_where_guidance_acts():
+    """python -m train.alignment --store wrote these (README, Perceptual alignment): on
+    noisy x_t the robust guide's targeted attacks transfer to the judge far more often
+    than the vanilla guide's."""
+    manifest = json.loads((DEFAULT_BUNDLE_DIR / "bundle.json").read_text())
+    stored = manifest["guides"]["robust"]["figures"]["alignment"]
+    assert stored["n"] >= 200 and stored["command"].startswith("python -m train.alignment")
+    row = next(p for p in stored["paired"] if p["b"] == "vanilla" and p["t"] == 300 and p["eps"] == 8.0)
+    assert row["mean_diff"] > 0.10 and row["mean_diff"] > 2 * row["se_diff"]
+    vanilla = {(c["t"], c["eps"]): c for c in manifest["guides"]["vanilla"]["figures"]["alignment"]["cells"]}
+    assert vanilla[(300, 8.0)]["transfer"] + row["mean_diff"] == pytest.approx(
+        next(c["transfer"] for c in stored["cells"] if c["t"] == 300 and c["eps"] == 8.0))

@@ -17,6 +17,7 @@ COMMANDS = {
     "judge": "train the judge (an independent clean-image classifier)",
     "evaluate": "FID / precision / recall / judge-accuracy sweeps",
     "robustness": "accuracy of classifiers under PGD at chosen timesteps",
+    "alignment": "perceptual alignment: targeted-attack transfer of guides to the judge",
     "sample": "write guided samples as guided-diffusion's scripts do (.npz)",
     "bundle": "assemble a model bundle one model at a time",
     "ablation": "compare robust-classifier training settings",
