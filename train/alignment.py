@@ -26,10 +26,11 @@ from pathlib import Path
 import torch
 
 from engine.alignment import AlignmentSettings, markdown_tables, measure_alignment, stratified_subset
-from engine.bundles import BundleError, load_bundle, load_model_file
+from engine.bundles import BundleError, load_bundle
 from engine.data import DataError, load_split
 from engine.guidance import Guide
-from engine.nets.plain import CleanClassifier
+
+from .robustness import load_classifier
 
 
 def _numbers(kind: type, what: str):
@@ -93,20 +94,14 @@ def _data_source(bundle) -> str:
     return split.get("source") or "mnist"
 
 
-def _extra_guide(spec: str) -> tuple[str, Guide]:
+def _extra_guide(spec: str, device) -> tuple[str, Guide]:
     if "=" not in spec:
         raise SystemExit(f"--guide takes NAME=PATH, got {spec!r}")
-    name, path = spec.split("=", 1)
     try:
-        net, header = load_model_file(path)
+        name, net, time_dependent, _ = load_classifier(Path(spec))
     except BundleError as exc:
         raise SystemExit(str(exc)) from None
-    if header["kind"] != "classifier":
-        raise SystemExit(f"{path} is a {header['kind']} model, not a classifier")
-    time_dependent = bool(header["meta"].get("time_dependent", True))
-    if not time_dependent:
-        net = CleanClassifier(net).eval()
-    return name, Guide(net.eval(), time_dependent=time_dependent)
+    return name, Guide(net.eval().to(device), time_dependent=time_dependent)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,10 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown guide(s) {unknown}; this bundle has {sorted(bundle.guides)}")
     guides = {name: bundle.guides[name] for name in names}
     for spec in args.guide:
-        name, guide = _extra_guide(spec)
+        name, guide = _extra_guide(spec, bundle.device)
         if name in guides:
             raise SystemExit(f"--guide {name}=... names a guide that is already there; pick another name")
-        guides[name] = guide.__class__(guide.net.to(bundle.device), guide.time_dependent)
+        guides[name] = guide
     pairs = args.paired
     if pairs is None:
         pairs = [("robust", "vanilla")] if {"robust", "vanilla"} <= set(guides) else []
@@ -174,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         write_outputs(args.out, result, payload, text)
     if args.store:
-        store_in_bundle(bundle, payload, [n for n in names])
+        store_in_bundle(bundle, payload, names)
     return 0
 
 
