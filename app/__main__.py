@@ -92,7 +92,9 @@ def no_models_message(error: str) -> str:
 
 def open_bundle(args: argparse.Namespace):
     """The models the options name, or SystemExit with a message saying how to point at some."""
-    from engine.bundles import DEFAULT_BUNDLE_DIR, BundleError, open_models
+    from engine.bundles import DEFAULT_BUNDLE_DIR
+    from engine.checkpoints import BundleError
+    from engine.model_specs import open_models
 
     try:
         return open_models(args.bundle, denoiser=args.denoiser, guides=args.guide, preset_set=args.preset_set,

@@ -13,7 +13,7 @@ from typing import Any, Callable, TypeVar
 
 import gradio as gr
 
-from engine.bundles import BundleError
+from engine.checkpoints import BundleError
 from engine.guidance import GuidanceError
 from engine.sampler import SamplingCancelled
 

@@ -9,16 +9,14 @@ Two ways in:
   network's preset and file, e.g. ``bundle_from_presets("gd-128-denoiser", "128x128_diffusion.pt",
   {"vanilla": ("gd-128-classifier", "128x128_classifier.pt"), "robust": ("robust-128-classifier", "robust.pt")})``.
 
-Loading is safe: ``torch.load(weights_only=True)`` or safetensors, never arbitrary
-pickles. A file that does not fit the requested architecture produces an error naming
-the missing, unexpected and mis-shaped keys and the presets whose layout does fit.
+Each network's file is read by :mod:`engine.checkpoints` (safe loading, layout
+diagnostics); command-line names of models (``NAME=PRESET:PATH``) are read by
+:mod:`engine.model_specs`.
 """
 
 from __future__ import annotations
 
 import json
-import pickle
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -26,16 +24,16 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from .checkpoints import BundleError, load_model_file, load_published
 from .diffusion import DiffusionConfig, GaussianDiffusion, create_diffusion
 from .guidance import Guide, GuidanceConfig
-from .nets import EncoderUNetModel, UNetModel
-from .nets.flags import classifier_kwargs, denoiser_kwargs, diffusion_kwargs
+from .nets import UNetModel
+from .nets.flags import diffusion_kwargs
 from .nets.plain import CleanClassifier, JudgeNet
-from .presets import PRESET_SETS, PRESETS, get_preset
+from .presets import PRESET_SETS, get_preset
 from .sampler import SampleResult, sample
 from .trace import TraceOptions
 
-MODEL_FORMAT = "rcg-model-v1"
 BUNDLE_FORMAT = "rcg-bundle-v1"
 
 
@@ -57,202 +55,6 @@ def bundled_models_dir() -> Path:
 
 
 DEFAULT_BUNDLE_DIR = bundled_models_dir()
-ARCHITECTURES = {"UNetModel": UNetModel, "EncoderUNetModel": EncoderUNetModel, "JudgeNet": JudgeNet}
-
-
-class BundleError(ValueError):
-    """A model file or bundle cannot be used; the message says why and what to do."""
-
-
-# --------------------------------------------------------------------------- reading files
-def read_weights(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint file safely: safetensors, or torch.load(weights_only=True)."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise BundleError(f"checkpoint {path} does not exist; check the path (nothing is downloaded automatically)")
-    if path.is_dir():
-        raise BundleError(f"{path} is a folder; give the checkpoint file itself")
-    if path.stat().st_size == 0:
-        raise BundleError(f"checkpoint {path} is empty (0 bytes); download it again")
-    if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError:
-            raise BundleError("reading .safetensors needs the safetensors package: pip install safetensors") from None
-        try:
-            return dict(load_file(str(path)))
-        except Exception as exc:
-            raise BundleError(f"cannot read {path} as safetensors ({exc}); the file may be truncated") from exc
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch's safe unpickler refused an instruction; its own text suggests loading unsafely, which we never do
-        text = str(exc)
-        resave = ("If you made the file, save only tensors: torch.save(model.state_dict(), path), or safetensors. "
-                  "Otherwise ask its author for such a file.")
-        blocked = re.search(r"GLOBAL (\S+) whose module (\S+) is blocked", text)
-        unknown = re.search(r"GLOBAL (\S+) was not an allowed global", text)
-        operand = re.search(r"Unsupported operand (\d+)", text)
-        if blocked:
-            raise BundleError(
-                f"{path} is refused for safety: it contains code, a call of {blocked.group(1)} (module "
-                f"{blocked.group(2)}), that would run while loading. Nothing in it was run. Do not use this file. "
-                + resave) from None
-        if unknown:
-            raise BundleError(
-                f"{path} is refused for safety: it contains a pickled Python object, {unknown.group(1)}, and "
-                "loading objects can run arbitrary code; only tensors and plain values are read. " + resave) from None
-        if operand:
-            raise BundleError(
-                f"{path} is not a PyTorch checkpoint the safe loader can read: it uses pickle instruction "
-                f"{operand.group(1)}, which torch.save never writes. It may be a plain pickle (pickle.dump), a file "
-                "of another format, or damaged. " + resave) from None
-        if "Weights only load failed" in text:
-            named = re.search(r"(?:got|function) (<class '[^']+'>|\S+)", text)
-            what = f" ({named.group(1).strip('<>')})" if named else ""
-            raise BundleError(f"{path} is refused for safety: it contains objects beyond tensors and plain "
-                              f"values{what}, and loading objects can run arbitrary code. " + resave) from None
-        raise BundleError(f"cannot read {path} (not a PyTorch checkpoint: {text[:200]}); the file is probably "
-                          "truncated or of another format; download it again") from None
-    except Exception as exc:
-        text = str(exc)
-        raise BundleError(f"cannot read {path} ({exc.__class__.__name__}: {text[:200]}); the file is probably "
-                          "truncated or not a PyTorch checkpoint; download it again") from exc
-    if not isinstance(data, dict):
-        raise BundleError(f"{path} holds a {type(data).__name__}, not a state_dict")
-    return data
-
-
-def extract_state_dict(data: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The state_dict inside a checkpoint: our model files keep it under ``state_dict``;
-    published checkpoints are the state_dict itself."""
-    for key in ("state_dict", "ema", "model"):
-        inner = data.get(key)
-        if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-            return dict(inner)
-    tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise BundleError("the checkpoint holds no tensors")
-    return tensors
-
-
-def _strip_ddp_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    if state and all(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
-def layout_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, list]:
-    """Missing, unexpected and mis-shaped keys of ``state`` for ``model``."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    given = {k: tuple(v.shape) for k, v in state.items()}
-    return {
-        "missing": sorted(set(expected) - set(given)),
-        "unexpected": sorted(set(given) - set(expected)),
-        "mis_shaped": sorted((k, expected[k], given[k]) for k in set(expected) & set(given) if expected[k] != given[k]),
-    }
-
-
-def presets_matching(state: Mapping[str, torch.Tensor], kind: str | None = None) -> list[str]:
-    """Presets whose network has exactly the keys and shapes of ``state``."""
-    given = {k: tuple(v.shape) for k, v in state.items()}
-    matches = []
-    for name, preset in PRESETS.items():
-        if kind and preset.kind != kind:
-            continue
-        with torch.device("meta"):
-            net = UNetModel(**denoiser_kwargs(preset.flags)) if preset.kind == "denoiser" else \
-                EncoderUNetModel(**classifier_kwargs(preset.flags))
-        if {k: tuple(v.shape) for k, v in net.state_dict().items()} == given:
-            matches.append(name)
-    return matches
-
-
-def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str, kind: str | None = None) -> nn.Module:
-    """load_state_dict(strict=True) with an explanation when the layout does not fit."""
-    state = _strip_ddp_prefix(dict(state))
-    problems = layout_mismatch(model, state)
-    if any(problems.values()):
-        lines = [f"{source} does not fit the requested {type(model).__name__}:"]
-        for what, items in problems.items():
-            if items:
-                shown = ", ".join(str(i) for i in items[:8]) + (f" ... ({len(items)} in all)" if len(items) > 8 else "")
-                lines.append(f"  {what.replace('_', '-')} keys: {shown}")
-        fitting = presets_matching(state, kind)
-        if fitting:
-            lines.append(f"  the file fits preset(s): {', '.join(fitting)}")
-        else:
-            lines.append("  no preset fits it; check the flags (e.g. --image_size, --num_channels, --class_cond, "
-                         "--learn_sigma) against the checkpoint's README")
-        raise BundleError("\n".join(lines))
-    model.load_state_dict(state, strict=True)
-    return model
-
-
-# --------------------------------------------------------------------------- model files
-def save_model_file(path: str | Path, net: nn.Module, *, kind: str, config: Mapping[str, Any],
-                    meta: Mapping[str, Any] | None = None, dtype: torch.dtype | None = None) -> None:
-    """Write one of the project's model files: tensors and plain values only."""
-    architecture = type(net).__name__
-    if isinstance(net, CleanClassifier):
-        architecture, net = "EncoderUNetModel", net.net
-    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
-             for k, v in net.state_dict().items()}
-    torch.save({"format": MODEL_FORMAT, "kind": kind, "architecture": architecture, "config": dict(config),
-                "meta": dict(meta or {}), "state_dict": state}, Path(path))
-
-
-def build_network(architecture: str, config: Mapping[str, Any]) -> nn.Module:
-    if architecture not in ARCHITECTURES:
-        raise BundleError(f"unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
-    try:
-        return ARCHITECTURES[architecture](**config)
-    except TypeError as exc:
-        raise BundleError(f"bad {architecture} config {dict(config)}: {exc}") from exc
-
-
-def load_model_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """A network from one of the project's model files, in float32 eval mode, plus its
-    header (kind, architecture, config, meta)."""
-    data = read_weights(path)
-    if data.get("format") != MODEL_FORMAT:
-        raise BundleError(f"{path} is not a {MODEL_FORMAT} model file; for published checkpoints use a preset")
-    remake = ("write it again with the python -m train command that made it (or engine.bundles.save_model_file); "
-              "a published checkpoint loads through a preset instead")
-    for key, kind in (("architecture", str), ("config", dict), ("state_dict", dict), ("meta", dict)):
-        if key not in data:
-            if key == "meta":
-                continue
-            raise BundleError(f"{path} is a broken {MODEL_FORMAT} model file: it has no {key!r} entry; {remake}")
-        if not isinstance(data[key], kind):
-            raise BundleError(f"{path} is a broken {MODEL_FORMAT} model file: its {key!r} entry is a "
-                              f"{type(data[key]).__name__}, expected a {kind.__name__}; {remake}")
-    data.setdefault("meta", {})
-    odd = [f"{k} ({type(v).__name__})" for k, v in data["state_dict"].items() if not isinstance(v, torch.Tensor)]
-    if odd:
-        shown = ", ".join(odd[:8]) + (f" ... ({len(odd)} in all)" if len(odd) > 8 else "")
-        raise BundleError(f"{path} is a broken {MODEL_FORMAT} model file: these state_dict values are not tensors: "
-                          f"{shown}; {remake}")
-    net = build_network(data["architecture"], data["config"])
-    state = {k: v.float() if v.is_floating_point() else v for k, v in data["state_dict"].items()}
-    load_into(net, state, str(path))
-    header = {k: v for k, v in data.items() if k != "state_dict"}
-    return net.eval(), header
-
-
-def load_published(preset: str, path: str | Path, flags: str | None = None) -> nn.Module:
-    """A published network: build it from its preset's flags (or explicit ``flags``) and
-    load the checkpoint at ``path`` into it."""
-    p = get_preset(preset)
-    weights = read_weights(path)  # fail fast on a bad path, before building a large network
-    build = UNetModel if p.kind == "denoiser" else EncoderUNetModel
-    kwargs = denoiser_kwargs(flags or p.flags) if p.kind == "denoiser" else classifier_kwargs(flags or p.flags)
-    kwargs["use_fp16"] = False  # weights load in fp32; precision is chosen at run time
-    net = build(**kwargs)
-    state = extract_state_dict(weights)
-    load_into(net, {k: v.float() if v.is_floating_point() else v for k, v in state.items()},
-              f"{path} (preset {preset})", p.kind)
-    return net.eval()
 
 
 # --------------------------------------------------------------------------- bundles
@@ -451,65 +253,3 @@ def bundle_from_preset_set(name: str, paths: Mapping[str, str | Path], **kwargs:
     guides = {g: (preset, paths[g]) for g, preset in spec["guides"].items()}
     return bundle_from_presets(spec["denoiser"], paths["denoiser"], guides,
                                respacing=kwargs.pop("respacing", spec["respacing"]), **kwargs)
-
-
-def parse_network_spec(spec: str) -> tuple[str, str]:
-    """``preset:path`` -> (preset, path)."""
-    if ":" not in spec:
-        raise BundleError(f"expected PRESET:PATH (e.g. gd-128-classifier:/models/128x128_classifier.pt), got {spec!r}")
-    preset, path = spec.split(":", 1)
-    get_preset(preset)
-    return preset, path
-
-
-def open_models(bundle: str | Path | None = None, *, denoiser: str | None = None, guides: Sequence[str] = (),
-                preset_set: str | None = None, device: str = "auto", precision: str = "fp32",
-                respacing: str | None = None, diffusers_dir: str | Path | None = None) -> Bundle:
-    """Open models the way every command line names them:
-
-    - nothing: the bundled MNIST models (``models/``);
-    - ``bundle``: a bundle folder;
-    - ``denoiser='PRESET:PATH'`` and ``guides=['NAME=PRESET:PATH', ...]``: published checkpoints;
-    - ``preset_set='imagenet128'`` with ``denoiser='PATH'`` and ``guides=['vanilla=PATH', 'robust=PATH']``;
-    - ``diffusers_dir``: a local diffusers pipeline folder, guides ``NAME=PATH`` (train.classifier
-      model files) or ``NAME=PRESET:PATH`` (see :mod:`engine.diffusers_adapter`).
-
-    ``device='auto'`` picks CUDA when available."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if diffusers_dir:
-        if bundle or denoiser or preset_set:
-            raise BundleError("--diffusers-dir names the denoiser: give it without --bundle, --denoiser or "
-                              "--preset-set")
-        from .diffusers_adapter import load_diffusers_pipeline
-
-        return load_diffusers_pipeline(diffusers_dir, guides, device=device, precision=precision, respacing=respacing)
-    if preset_set:
-        if not denoiser:
-            raise BundleError(f"preset set {preset_set} needs the denoiser file: --denoiser PATH")
-        paths: dict[str, str | Path] = {"denoiser": denoiser}
-        for g in guides:
-            name, _, path = g.partition("=")
-            if not path:
-                raise BundleError(f"expected NAME=PATH for a guide of preset set {preset_set}, got {g!r}")
-            paths[name] = path
-        return bundle_from_preset_set(preset_set, paths, device=device, precision=precision,
-                                      **({"respacing": respacing} if respacing is not None else {}))
-    if denoiser:
-        d_preset, d_path = parse_network_spec(denoiser)
-        guide_specs: dict[str, tuple[str, str | Path]] = {}
-        for g in guides:
-            name, _, spec = g.partition("=")
-            if not spec:
-                raise BundleError(f"expected NAME=PRESET:PATH for a guide, got {g!r}")
-            guide_specs[name] = parse_network_spec(spec)
-        return bundle_from_presets(d_preset, d_path, guide_specs, respacing=respacing, device=device,
-                                   precision=precision)
-    if guides:
-        raise BundleError("--guide needs --denoiser (or a --preset-set); a bundle folder names its own guides")
-    opened = load_bundle(bundle, device=device)
-    if precision != "fp32":
-        opened.to(device, precision)
-    if respacing is not None:
-        opened.default_respacing = respacing
-    return opened

@@ -39,8 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .bundles import Bundle, BundleError, GuideInfo, load_model_file, load_published, layout_mismatch, \
-    parse_network_spec, read_weights
+from .bundles import Bundle, GuideInfo
+from .checkpoints import BundleError, layout_mismatch, load_model_file, load_published, read_weights
+from .model_specs import parse_network_spec
 from .diffusion.process import GaussianDiffusion
 from .diffusion.schedules import named_beta_schedule, respaced_betas, space_timesteps
 from .guidance import Guide, GuidanceConfig

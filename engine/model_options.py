@@ -3,7 +3,7 @@
 Each entry is (flag, keyword arguments of ``argparse``'s ``add_argument``); the engine
 imports no argparse: the front doors (``python -m app``, ``train.sample``,
 ``train.evaluate``) build their parsers from this table, so every command line names
-models the same way. :func:`engine.bundles.open_models` opens what they name.
+models the same way. :func:`engine.model_specs.open_models` opens what they name.
 """
 
 from __future__ import annotations

@@ -321,7 +321,9 @@ def cmd_create(args: argparse.Namespace) -> int:
         methods = [c.name for c in plan_of_run.configs]
         source = {**plan_of_run.source(), "bundle_path": bundle_path}
     elif args.from_bundle is not None or args.diffusers_dir:
-        from engine.bundles import BundleError, load_bundle, open_models
+        from engine.bundles import load_bundle
+        from engine.checkpoints import BundleError
+        from engine.model_specs import open_models
 
         device = args.device
         if device is None:

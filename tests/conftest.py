@@ -66,7 +66,8 @@ def reference():
 
 def write_tiny_bundle(folder: Path, seed: int = 0) -> Path:
     """Write a random-weight MNIST-shaped bundle into ``folder`` and return it."""
-    from engine.bundles import BUNDLE_FORMAT, save_model_file
+    from engine.bundles import BUNDLE_FORMAT
+    from engine.checkpoints import save_model_file
     from engine.diffusion import DiffusionConfig
     from engine.nets.flags import classifier_kwargs, denoiser_kwargs
     from engine.nets import EncoderUNetModel, UNetModel

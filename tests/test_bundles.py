@@ -8,7 +8,8 @@ import pickle
 import pytest
 import torch
 
-from engine.bundles import BundleError, load_bundle, load_published, read_weights
+from engine.bundles import load_bundle
+from engine.checkpoints import BundleError, load_published, read_weights
 from engine.nets.flags import create_classifier, parse_flags
 from engine.presets import PRESETS, get_preset
 
@@ -182,7 +183,7 @@ def _model_file_with(tmp_path, tiny_bundle_dir, change):
 
 
 def test_a_state_dict_with_a_non_tensor_value_names_the_key(tmp_path, tiny_bundle_dir):
-    from engine.bundles import load_model_file
+    from engine.checkpoints import load_model_file
 
     def change(data):
         data["state_dict"]["fc.weight"] = [1.0, 2.0]
@@ -198,7 +199,7 @@ def test_a_state_dict_with_a_non_tensor_value_names_the_key(tmp_path, tiny_bundl
 
 @pytest.mark.parametrize("key", ["architecture", "config", "state_dict"])
 def test_a_model_file_missing_a_header_entry_says_which(tmp_path, tiny_bundle_dir, key):
-    from engine.bundles import load_model_file
+    from engine.checkpoints import load_model_file
 
     path = _model_file_with(tmp_path, tiny_bundle_dir, lambda data: data.pop(key))
     with pytest.raises(BundleError) as info:
@@ -208,7 +209,7 @@ def test_a_model_file_missing_a_header_entry_says_which(tmp_path, tiny_bundle_di
 
 
 def test_a_model_file_with_a_wrong_header_type_says_which(tmp_path, tiny_bundle_dir):
-    from engine.bundles import load_model_file
+    from engine.checkpoints import load_model_file
 
     path = _model_file_with(tmp_path, tiny_bundle_dir, lambda data: data.update(config=[1, 2]))
     with pytest.raises(BundleError, match=r"'config' entry is a list, expected a dict"):

@@ -32,7 +32,8 @@ else:
 
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
 
-from engine.bundles import BundleError, open_models, save_model_file  # noqa: E402
+from engine.checkpoints import BundleError, save_model_file  # noqa: E402
+from engine.model_specs import open_models  # noqa: E402
 from engine.diffusers_adapter import (DiffusersBundle, DiffusersError, load_diffusers_pipeline,  # noqa: E402
                                       require_diffusers, scheduler_timesteps)
 from engine.diffusion import DiffusionConfig  # noqa: E402
@@ -470,8 +471,8 @@ def test_clear_errors(tmp_path, tiny_bundle_dir):
 
 
 def test_diffusers_stays_optional(monkeypatch):
-    code = ("import sys, engine.bundles, engine.model_options, engine.diffusers_adapter, engine.sampler; "
-            "print('diffusers' in sys.modules)")
+    code = ("import sys, engine.bundles, engine.model_specs, engine.model_options, engine.diffusers_adapter, "
+            "engine.sampler; print('diffusers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     monkeypatch.setitem(sys.modules, "diffusers", None)  # as if it were not installed

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from engine.bundles import load_model_file
+from engine.checkpoints import load_model_file
 
 TINY_DENOISER = ["--num-channels", "32", "--num-res-blocks", "1", "--channel-mult", "1,2",
                  "--attention-resolutions", "14", "--num-heads", "2"]

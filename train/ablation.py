@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from engine.bundles import GuideInfo, load_bundle, load_model_file
+from engine.bundles import GuideInfo, load_bundle
+from engine.checkpoints import load_model_file
 from engine.guidance import Guide
 from engine.data import load_split
 from engine.metrics import JudgeFeatures, class_accuracy, extract_features, frechet_distance

@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from engine.alignment import AlignmentSettings, markdown_tables, measure_alignment, stratified_subset
-from engine.bundles import BundleError, load_bundle
+from engine.bundles import load_bundle
+from engine.checkpoints import BundleError
 from engine.data import DataError, load_split
 from engine.guidance import Guide
 

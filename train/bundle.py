@@ -35,7 +35,8 @@ from typing import Any
 
 import torch
 
-from engine.bundles import BUNDLE_FORMAT, DEFAULT_BUNDLE_DIR, load_bundle, load_model_file, save_model_file
+from engine.bundles import BUNDLE_FORMAT, DEFAULT_BUNDLE_DIR, load_bundle
+from engine.checkpoints import load_model_file, save_model_file
 from engine.data import load_split
 from engine.guidance import unguided
 from engine.metrics import JudgeFeatures, class_accuracy, extract_features, frechet_distance

@@ -25,7 +25,7 @@ import sys
 
 import torch
 
-from engine.bundles import save_model_file
+from engine.checkpoints import save_model_file
 from engine.data import to_model_range
 from engine.diffusion import DiffusionConfig, create_diffusion
 from engine.diffusion.losses import training_losses

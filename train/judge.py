@@ -20,7 +20,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from engine.bundles import save_model_file
+from engine.checkpoints import save_model_file
 from engine.data import to_model_range
 from engine.nets.plain import JudgeNet
 

@@ -1,12 +1,14 @@
 """The model options of the training-side front doors (``train.sample``, ``train.evaluate``):
 argparse over the engine's option table (:data:`engine.model_options.MODEL_OPTIONS`) and
-:func:`engine.bundles.open_models`."""
+:func:`engine.model_specs.open_models`."""
 
 from __future__ import annotations
 
 import argparse
 
-from engine.bundles import Bundle, BundleError, open_models
+from engine.bundles import Bundle
+from engine.checkpoints import BundleError
+from engine.model_specs import open_models
 from engine.model_options import MODEL_OPTIONS, MODEL_OPTIONS_TITLE
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from engine.attacks import pgd, time_dependent, time_free
-from engine.bundles import BundleError, load_model_file
+from engine.checkpoints import BundleError, load_model_file
 from engine.data import DataError, load_split
 from engine.diffusion import DiffusionConfig, create_diffusion
 from engine.nets.plain import CleanClassifier

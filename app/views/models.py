@@ -11,7 +11,9 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from engine.bundles import Bundle, BundleError, open_models
+from engine.bundles import Bundle
+from engine.checkpoints import BundleError
+from engine.model_specs import open_models
 from engine.presets import PRESET_SETS, PRESETS
 
 from .. import render
