@@ -125,6 +125,16 @@ def layout_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict
     }
 
 
+def listed(items: list, limit: int = 8) -> str:
+    """The first ``limit`` items joined by commas, with the total when there are more."""
+    return ", ".join(str(i) for i in items[:limit]) + (f" ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+def mismatch_report(problems: Mapping[str, list]) -> list[str]:
+    """One indented line per kind of problem :func:`layout_mismatch` found."""
+    return [f"  {what.replace('_', '-')} keys: {listed(items)}" for what, items in problems.items() if items]
+
+
 def presets_matching(state: Mapping[str, torch.Tensor], kind: str | None = None) -> list[str]:
     """Presets whose network has exactly the keys and shapes of ``state``."""
     given = {k: tuple(v.shape) for k, v in state.items()}
@@ -145,11 +155,7 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str, 
     state = _strip_ddp_prefix(dict(state))
     problems = layout_mismatch(model, state)
     if any(problems.values()):
-        lines = [f"{source} does not fit the requested {type(model).__name__}:"]
-        for what, items in problems.items():
-            if items:
-                shown = ", ".join(str(i) for i in items[:8]) + (f" ... ({len(items)} in all)" if len(items) > 8 else "")
-                lines.append(f"  {what.replace('_', '-')} keys: {shown}")
+        lines = [f"{source} does not fit the requested {type(model).__name__}:", *mismatch_report(problems)]
         fitting = presets_matching(state, kind)
         if fitting:
             lines.append(f"  the file fits preset(s): {', '.join(fitting)}")
@@ -202,9 +208,8 @@ def load_model_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     data.setdefault("meta", {})
     odd = [f"{k} ({type(v).__name__})" for k, v in data["state_dict"].items() if not isinstance(v, torch.Tensor)]
     if odd:
-        shown = ", ".join(odd[:8]) + (f" ... ({len(odd)} in all)" if len(odd) > 8 else "")
         raise BundleError(f"{path} is a broken {MODEL_FORMAT} model file: these state_dict values are not tensors: "
-                          f"{shown}; {remake}")
+                          f"{listed(odd)}; {remake}")
     net = build_network(data["architecture"], data["config"])
     state = {k: v.float() if v.is_floating_point() else v for k, v in data["state_dict"].items()}
     load_into(net, state, str(path))

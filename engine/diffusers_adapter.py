@@ -40,7 +40,8 @@ import torch
 from torch import nn
 
 from .bundles import Bundle, GuideInfo
-from .checkpoints import BundleError, layout_mismatch, load_model_file, load_published, read_weights
+from .checkpoints import BundleError, layout_mismatch, load_model_file, load_published, mismatch_report, \
+    read_weights
 from .model_specs import parse_network_spec
 from .diffusion.process import GaussianDiffusion
 from .diffusion.schedules import named_beta_schedule, respaced_betas, space_timesteps
@@ -238,18 +239,7 @@ class DiffusersProcess(GaussianDiffusion):
         x0 is clipped to the scheduler's clip range; ``eps`` is the unclipped one."""
         t = self._check_t(t, x_t.shape[0])
         mean_part, var_values = self.split_output(model_output, x_t.shape[1])
-        if self.variance_type == "learned_range":
-            min_log = self._at("posterior_log_variance_clipped", t, x_t)
-            max_log = self._at("log_betas", t, x_t)
-            frac = (var_values + 1) / 2
-            log_variance = frac * max_log + (1 - frac) * min_log
-            variance = torch.exp(log_variance)
-        elif self.variance_type == "fixed_large":
-            variance = self._at("fixed_large_variance", t, x_t).expand_as(x_t)
-            log_variance = torch.log(variance)
-        else:
-            variance = self._at("posterior_variance", t, x_t).expand_as(x_t)
-            log_variance = self._at("posterior_log_variance_clipped", t, x_t).expand_as(x_t)
+        variance, log_variance = self.step_variance(var_values, t, x_t)
         root_abar = self._at("sqrt_alphas_cumprod", t, x_t)
         root_one_minus = self._at("sqrt_one_minus_alphas_cumprod", t, x_t)
         if self.prediction == "epsilon":
@@ -483,12 +473,8 @@ def load_unet(unet_dir: Path, config: dict[str, Any]) -> nn.Module:
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     problems = layout_mismatch(unet, state)
     if any(problems.values()):
-        lines = [f"{path} does not fit the UNet2DModel of {unet_dir / 'config.json'}:"]
-        for what, items in problems.items():
-            if items:
-                shown = ", ".join(str(i) for i in items[:8]) + (f" ... ({len(items)} in all)" if len(items) > 8 else "")
-                lines.append(f"  {what.replace('_', '-')} keys: {shown}")
-        raise DiffusersError("\n".join(lines))
+        raise DiffusersError("\n".join([f"{path} does not fit the UNet2DModel of {unet_dir / 'config.json'}:",
+                                        *mismatch_report(problems)]))
     unet.load_state_dict(state, strict=True)
     return unet.eval()
 

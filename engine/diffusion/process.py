@@ -201,6 +201,28 @@ class GaussianDiffusion:
             )
         return model_output, None
 
+    def step_variance(self, var_values: torch.Tensor | None, t: torch.Tensor,
+                      x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Variance and log-variance of p(x_{t-1} | x_t) for this process's variance type.
+
+        learned range (Nichol & Dhariwal): log s2 = v' log beta_t + (1 - v') log beta~_t with
+        v' = (v + 1) / 2; learned: log s2 = v; fixed small: beta~_t; fixed large: beta_t
+        (beta~_1 at t = 0). ``var_values`` are the network's variance channels (None for a
+        fixed variance)."""
+        if self.variance_type == "learned":
+            return torch.exp(var_values), var_values
+        if self.variance_type == "learned_range":
+            min_log = self._at("posterior_log_variance_clipped", t, x_t)
+            max_log = self._at("log_betas", t, x_t)
+            frac = (var_values + 1) / 2
+            log_variance = frac * max_log + (1 - frac) * min_log
+            return torch.exp(log_variance), log_variance
+        if self.variance_type == "fixed_large":
+            return (self._at("fixed_large_variance", t, x_t).expand_as(x_t),
+                    torch.log(self._at("fixed_large_variance", t, x_t)).expand_as(x_t))
+        return (self._at("posterior_variance", t, x_t).expand_as(x_t),
+                self._at("posterior_log_variance_clipped", t, x_t).expand_as(x_t))
+
     def p_mean_variance(
         self,
         model_output: torch.Tensor,
@@ -210,29 +232,12 @@ class GaussianDiffusion:
     ) -> dict[str, torch.Tensor]:
         """Mean and variance of p(x_{t-1} | x_t) from the network output at (x_t, t).
 
-        Variance: learned range (Nichol & Dhariwal): log s2 = v' log beta_t + (1 - v') log beta~_t
-        with v' = (v + 1) / 2; learned: log s2 = v; fixed small: beta~_t; fixed large: beta_t
-        (beta~_1 at t = 0). Mean: the posterior mean at x0_hat, where x0_hat comes from
+        Variance: :meth:`step_variance`. Mean: the posterior mean at x0_hat, where x0_hat comes from
         the predicted epsilon (optionally clipped to [-1, 1]).
         Returns mean, variance, log_variance, pred_xstart and eps (the network's epsilon)."""
         t = self._check_t(t, x_t.shape[0])
         mean_part, var_values = self.split_output(model_output, x_t.shape[1])
-        if self.variance_type == "learned":
-            log_variance = var_values
-            variance = torch.exp(log_variance)
-        elif self.variance_type == "learned_range":
-            min_log = self._at("posterior_log_variance_clipped", t, x_t)
-            max_log = self._at("log_betas", t, x_t)
-            frac = (var_values + 1) / 2
-            log_variance = frac * max_log + (1 - frac) * min_log
-            variance = torch.exp(log_variance)
-        elif self.variance_type == "fixed_large":
-            variance = self._at("fixed_large_variance", t, x_t).expand_as(x_t)
-            log_variance = torch.log(self._at("fixed_large_variance", t, x_t)).expand_as(x_t)
-        else:
-            variance = self._at("posterior_variance", t, x_t).expand_as(x_t)
-            log_variance = self._at("posterior_log_variance_clipped", t, x_t).expand_as(x_t)
-
+        variance, log_variance = self.step_variance(var_values, t, x_t)
         if self.mean_type == "epsilon":
             pred_xstart = self.predict_xstart_from_eps(x_t, t, mean_part)
         else:
