@@ -2,8 +2,9 @@
 loaded bundle (any number of named guides), plus the one-click presets.
 
 A bundle may carry tuned defaults in ``bundle.json`` under ``"lab": {"columns": [...]}``,
-each entry with the keys of :data:`app.inputs.COLUMN_HEADERS`; they replace the rows
-made here.
+each entry a column spec string (``"strong=robust@x0+adam:2"``, the grammar of
+:mod:`engine.columns`; the column runs) or an object with the keys of
+:data:`app.inputs.COLUMN_HEADERS`; they replace the rows made here.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def default_rows(bundle: Bundle) -> list[list[Any]]:
     custom = bundle.manifest.get("lab", {}).get("columns") if isinstance(bundle.manifest, dict) else None
     if custom:
         try:
-            rows = [[entry.get(h) for h in COLUMN_HEADERS] for entry in custom]
+            rows = [spec_row(entry) if isinstance(entry, str) else [entry.get(h) for h in COLUMN_HEADERS]
+                    for entry in custom]
             read_columns({"headers": COLUMN_HEADERS, "data": rows})
             return rows
         except (AttributeError, LabInputError):
@@ -53,6 +55,25 @@ def default_rows(bundle: Bundle) -> list[list[Any]]:
     return rows
 
 
+def spec_row(spec: str, run: bool = True) -> list[Any]:
+    """A table row holding a whole column spec in its column cell (method and guide empty)."""
+    return [run, spec.strip(), "", "", None, "", ""]
+
+
+def described(bundle: Bundle, row: list[Any]) -> tuple[str, str, str, str]:
+    """(method, guide, short source, stabiliser) of a row, whether its cells or a column
+    spec in its column cell say them; the guide's default source when neither does."""
+    read = read_columns({"headers": COLUMN_HEADERS, "data": [[False, *row[1:]]]})
+    if not read:
+        return "", "", "", "none"
+    spec = read[0].column_spec()
+    if spec.kind in ("unguided", "cfg"):
+        return spec.kind, "", "", "none"
+    info = bundle.guide_info.get(spec.kind)
+    source = spec.source or (info.default_source if info else "x_t")
+    return "classifier", spec.kind, SHORT_SOURCES.get(source, source), spec.stabiliser or "none"
+
+
 def default_table(bundle: Bundle) -> pd.DataFrame:
     return pd.DataFrame(default_rows(bundle), columns=COLUMN_HEADERS)
 
@@ -63,7 +84,7 @@ def preset_table(bundle: Bundle, preset: str) -> pd.DataFrame:
         raise LabInputError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
     rows = default_rows(bundle)
     for row in rows:
-        method, guide, stabiliser, source = row[2], row[3], row[6], row[5]
+        method, guide, source, stabiliser = described(bundle, row)
         if preset == "all":
             row[0] = True
         elif preset == "paper":
@@ -80,7 +101,11 @@ def stability_choices(bundle: Bundle) -> tuple[list[str], list[str]]:
     guide, the stabilised variants and unguided; not classifier-free)."""
     rows = default_rows(bundle)
     names = [r[1] for r in rows]
-    ticked = [r[1] for r in rows if r[2] != "cfg" and not (r[2] == "classifier" and r[5] == "x_t" and r[1] != r[3])]
+    ticked = []
+    for row in rows:
+        method, guide, source, _ = described(bundle, row)
+        if method != "cfg" and not (method == "classifier" and source == "x_t" and row[1] != guide):
+            ticked.append(row[1])
     return names, ticked
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -158,9 +158,25 @@ class ColumnRow:
     scale: float
     source: str
     stabiliser: str
+    spec: GuidanceSpec | None = None  # a whole column spec in the column cell (method and guide left empty)
 
     def as_list(self) -> list[Any]:
         return [self.run, self.column, self.method, self.guide, self.scale, self.source, self.stabiliser]
+
+    def column_spec(self) -> GuidanceSpec:
+        """The row as a column spec: its own spec, with the scale / source / stabiliser
+        cells filling what the spec leaves out, or a spec made of its cells."""
+        if self.spec is None:
+            kind = self.guide if self.method == "classifier" else self.method
+            return GuidanceSpec(self.column, kind, self.scale if self.method != "unguided" else None,
+                                self.source or None, self.stabiliser if self.method == "classifier" else None)
+        spec = self.spec
+        if spec.scale is None and self.scale and spec.kind != "unguided":
+            spec = replace(spec, scale=self.scale)
+        if spec.kind not in ("unguided", "cfg"):
+            spec = replace(spec, source=spec.source or self.source or None,
+                           stabiliser=spec.stabiliser or (self.stabiliser if self.stabiliser != "none" else None))
+        return spec
 
 
 def _truthy(value: Any, where: str) -> bool:
@@ -201,6 +217,21 @@ def _cell(value: Any) -> str:
     return "" if value is None or str(value).strip().lower() == "nan" else str(value).strip()
 
 
+def _row_source(value: Any, where: str) -> str:
+    text = _cell(value)
+    try:
+        return canonical_source(text) if text else ""
+    except ValueError as exc:
+        raise LabInputError(f"{where}: {exc}") from None
+
+
+def _row_stabiliser(value: Any, where: str) -> str:
+    stabiliser = _cell(value).lower()
+    if stabiliser and stabiliser not in STABILISERS:
+        raise LabInputError(f"{where}: stabiliser {value!r} is not one of {', '.join(STABILISERS)}")
+    return stabiliser or "none"
+
+
 def read_columns(table: Any) -> list[ColumnRow]:
     """Every row of the column table, checked for shape and plain types."""
     rows = []
@@ -211,21 +242,30 @@ def read_columns(table: Any) -> list[ColumnRow]:
             continue  # an empty row the user added
         where = f"column table row {i}"
         run = _truthy(raw[0], where)
-        name = str(raw[1] or "").strip()
+        name = _cell(raw[1])
+        if name and not _cell(raw[2]) and not _cell(raw[3]):  # method and guide empty: the name is a column spec
+            try:
+                spec = GuidanceSpec.parse(name)
+            except ValueError as exc:
+                if run:
+                    raise LabInputError(f"{where}: {exc}") from None
+            else:
+                method = spec.kind if spec.kind in ("unguided", "cfg") else "classifier"
+                rows.append(ColumnRow(run, spec.name, method, "" if method != "classifier" else spec.kind,
+                                      parse_float(raw[4] if _cell(raw[4]) else 0.0, f"{where}: scale"),
+                                      _row_source(raw[5], where), _row_stabiliser(raw[6], where), spec))
+                continue
         try:
             method = canonical_method(raw[2] or "classifier")
-            source_text = _cell(raw[5])
-            source = canonical_source(source_text) if source_text else ""
         except ValueError as exc:
             raise LabInputError(f"{where}: {exc}") from None
+        source = _row_source(raw[5], where)
         guide = _cell(raw[3])
         scale = parse_float(raw[4] if raw[4] not in (None, "") else 0.0, f"{where}: scale")
-        stabiliser = _cell(raw[6]).lower()
-        if stabiliser and stabiliser not in STABILISERS:
-            raise LabInputError(f"{where}: stabiliser {raw[6]!r} is not one of {', '.join(STABILISERS)}")
+        stabiliser = _row_stabiliser(raw[6], where)
         if run and not name:
             raise LabInputError(f"{where}: give the column a name")
-        rows.append(ColumnRow(run, name, method, guide, scale, source, stabiliser or "none"))
+        rows.append(ColumnRow(run, name, method, guide, scale, source, stabiliser))
     return rows
 
 
@@ -242,15 +282,13 @@ def configs_from_rows(bundle: Bundle, rows: Iterable[ColumnRow], unconditional: 
             raise LabInputError(f"two columns are named {row.column!r}; names must be unique")
         names.add(row.column)
         try:
-            if row.method == "cfg" and bundle.null_label is None:
+            spec = row.column_spec()
+            if spec.kind == "cfg" and bundle.null_label is None:
                 raise LabInputError(f"column {row.column!r}: classifier-free guidance needs a denoiser trained "
                                     "with a null label; this bundle has none")
-            if row.method == "classifier" and row.guide not in bundle.guides:
-                raise LabInputError(f"column {row.column!r}: guide {row.guide!r} is not loaded; guides: "
+            if spec.kind not in ("unguided", "cfg") and spec.kind not in bundle.guides:
+                raise LabInputError(f"column {row.column!r}: guide {spec.kind!r} is not loaded; guides: "
                                     f"{', '.join(sorted(bundle.guides)) or 'none'}")
-            kind = row.guide if row.method == "classifier" else row.method
-            spec = GuidanceSpec(row.column, kind, row.scale if row.method != "unguided" else None,
-                                row.source or None, row.stabiliser if row.method == "classifier" else None)
             configs.append(spec.to_config(bundle.guide_info, denoiser_mode=mode))
         except LabInputError:
             raise

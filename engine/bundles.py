@@ -17,7 +17,7 @@ diagnostics); command-line names of models (``NAME=PRESET:PATH``) are read by
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .checkpoints import BundleError, load_model_file, load_published
+from .columns import GuidanceSpec
 from .diffusion import DiffusionConfig, GaussianDiffusion, create_diffusion
 from .guidance import Guide, GuidanceConfig
 from .nets import UNetModel
@@ -131,13 +132,13 @@ class Bundle:
         return idx
 
     def default_config(self, guide: str, **overrides: Any) -> GuidanceConfig:
-        """Classifier guidance by ``guide`` with its default scale and gradient source."""
-        if guide not in self.guide_info:
+        """Classifier guidance by ``guide`` with its default scale and gradient source (the
+        column spec ``guide`` read against this bundle), then ``overrides`` (any
+        :class:`GuidanceConfig` field)."""
+        if guide not in self.guide_info:  # also the words unguided / cfg, which name no guide
             raise ValueError(f"unknown guide {guide!r}; this bundle has {sorted(self.guide_info)}")
-        info = self.guide_info[guide]
-        values = {"name": guide, "method": "classifier", "classifier": guide, "scale": info.default_scale,
-                  "gradient_source": info.default_source, **overrides}
-        return GuidanceConfig(**values)
+        config = GuidanceSpec(guide, guide).to_config(self.guide_info)
+        return replace(config, **overrides) if overrides else config
 
     def sample(self, configs: Sequence[GuidanceConfig], labels: Sequence[int], seeds: Sequence[int], *,
                respacing: str | None = None, sampler: str = "ddpm", eta: float = 0.0,

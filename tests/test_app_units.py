@@ -175,6 +175,55 @@ def test_bundle_lab_section_supplies_columns(tiny_bundle, monkeypatch):
     assert len(cols.default_rows(tiny_bundle)) == 8  # malformed: falls back to the generic rows
 
 
+def test_a_whole_column_spec_in_the_column_cell(tiny_bundle):
+    from engine.columns import parse_spec
+
+    rows = read_columns(table([True, "strong=robust@x0+adam:2/loss=logit", "", "", None, "", ""],
+                              [True, "nonrobust@x0_detached+ema", "", "", 0.5, "", ""],  # the scale cell fills in
+                              [True, "vanilla", "", "", 3, "x0", "adam"],  # so do source and stabiliser cells
+                              [True, "unguided/mode=unconditional", "", "", None, "", ""],
+                              [True, "v2", "classifier", "vanilla", 1.0, "x_t", "none"]))  # the cells, as before
+    configs = configs_from_rows(tiny_bundle, rows, False)
+    assert [c.name for c in configs] == ["strong", "nonrobust@x0_detached+ema", "vanilla", "unguided", "v2"]
+    assert configs[0] == parse_spec("strong=robust@x0+adam:2/loss=logit", tiny_bundle.guide_info)
+    assert (configs[0].gradient_source, configs[0].stabiliser, configs[0].scale, configs[0].loss) == \
+        ("x0_through_denoiser", "adam", 2.0, "logit")
+    assert (configs[1].gradient_source, configs[1].stabiliser, configs[1].scale) == ("x0_detached", "ema", 0.5)
+    assert (configs[2].gradient_source, configs[2].stabiliser, configs[2].scale) == ("x0_through_denoiser", "adam", 3)
+    assert configs[3].method == "unguided" and configs[3].denoiser_mode == "unconditional"
+    assert configs[4] == tiny_bundle.default_config("vanilla", name="v2", scale=1.0, gradient_source="x_t")
+    for spec, message in (("robust@x9:1", "source"), ("nosuch:1", "guide 'nosuch' is not loaded"),
+                          ("robust:1/temperature=3", "not KEY=VALUE")):
+        with pytest.raises(LabInputError, match=message):
+            configs_from_rows(tiny_bundle, read_columns(table([True, spec, "", "", None, "", ""])), False)
+
+
+def test_default_config_is_the_guide_spec_against_the_bundle(tiny_bundle):
+    from engine.columns import parse_spec
+
+    for guide in tiny_bundle.guide_info:
+        assert tiny_bundle.default_config(guide) == parse_spec(guide, tiny_bundle.guide_info)
+    assert tiny_bundle.default_config("robust", name="r", scale=3.0).scale == 3.0
+    with pytest.raises(ValueError, match="unknown guide 'unguided'"):
+        tiny_bundle.default_config("unguided")
+
+
+def test_bundle_lab_section_reads_spec_strings_and_objects(tiny_bundle, monkeypatch):
+    monkeypatch.setitem(tiny_bundle.manifest, "lab", {"columns": [
+        "strong=robust:4", "nonrobust@x0+adam:0.05",
+        {"run": False, "column": "plain", "method": "unguided", "guide": "", "scale": 0, "source": "",
+         "stabiliser": "none"}]})
+    rows = cols.default_rows(tiny_bundle)
+    assert rows[0] == [True, "strong=robust:4", "", "", None, "", ""] and rows[2][1] == "plain"
+    configs = configs_from_rows(tiny_bundle, read_columns(cols.default_table(tiny_bundle)), False)
+    assert [(c.name, c.classifier, c.scale, c.stabiliser) for c in configs] == \
+        [("strong", "robust", 4.0, "none"), ("nonrobust@x0+adam", "nonrobust", 0.05, "adam")]
+    gradcheck = cols.preset_table(tiny_bundle, "gradcheck")  # presets read the specs too
+    assert list(gradcheck[gradcheck["run"]]["column"]) == ["nonrobust@x0+adam:0.05", "plain"]
+    monkeypatch.setitem(tiny_bundle.manifest, "lab", {"columns": ["robust@nowhere:1"]})
+    assert len(cols.default_rows(tiny_bundle)) == 8  # a spec that does not parse: the generic rows
+
+
 # ------------------------------------------------------------------------------------ engine.summaries
 def test_frame_helpers():
     assert record_every_for(100, 8) == 15 and record_every_for(5, 8) == 1 and record_every_for(10, 1) == 10

@@ -149,7 +149,7 @@ def test_bundle_set_changes_defaults_and_lab_section(tmp_path, tiny_bundle_dir):
     folder = tmp_path / "bundle"
     shutil.copytree(tiny_bundle_dir, folder)
     lab = {"columns": [{"run": True, "column": "robust", "method": "classifier", "guide": "robust", "scale": 3.0,
-                        "source": "x_t", "stabiliser": "none"}], "steps": 20}
+                        "source": "x_t", "stabiliser": "none"}, "strong=robust@x0+adam:2"], "steps": 20}
     (tmp_path / "lab.json").write_text(json.dumps(lab))
     run_module("train.bundle", "set", "--bundle", str(folder), "--lab", str(tmp_path / "lab.json"))
     run_module("train.bundle", "set", "--bundle", str(folder), "--name", "robust", "--default-scale", "0.5")
@@ -159,8 +159,10 @@ def test_bundle_set_changes_defaults_and_lab_section(tmp_path, tiny_bundle_dir):
     before = (folder / "bundle.json").read_text()
     (tmp_path / "broken.json").write_text("{not json")
     (tmp_path / "shape.json").write_text(json.dumps({"columns": [{"run": True}]}))
+    (tmp_path / "spec.json").write_text(json.dumps({"columns": ["robust@nowhere:1"]}))
     for args, message in ((["--lab", str(tmp_path / "broken.json")], "is not valid JSON"),
                           (["--lab", str(tmp_path / "shape.json")], "'columns' must be a list"),
+                          (["--lab", str(tmp_path / "spec.json")], "source 'nowhere' is not one of"),
                           (["--name", "nope", "--default-scale", "1"], "no guide 'nope'"),
                           ([], "nothing to set")):
         proc = run_module("train.bundle", "set", "--bundle", str(folder), *args, check=False)

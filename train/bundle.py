@@ -37,6 +37,7 @@ import torch
 
 from engine.bundles import BUNDLE_FORMAT, DEFAULT_BUNDLE_DIR, load_bundle
 from engine.checkpoints import load_model_file, save_model_file
+from engine.columns import GuidanceSpec
 from engine.data import load_split
 from engine.guidance import unguided
 from engine.metrics import JudgeFeatures, class_accuracy, extract_features, frechet_distance
@@ -209,8 +210,9 @@ LAB_COLUMN_KEYS = ("run", "column", "method", "guide", "scale", "source", "stabi
 
 
 def read_lab_section(path: Path) -> dict[str, Any]:
-    """The lab's defaults from a JSON file: ``{"columns": [{run, column, method, guide, scale,
-    source, stabiliser}, ...], "steps": N, ...}``; checked for shape here (the lab checks the
+    """The lab's defaults from a JSON file: ``{"columns": ["robust:2", {run, column, method,
+    guide, scale, source, stabiliser}, ...], "steps": N, ...}`` (a column is a spec string or
+    an object); checked for shape here (the lab checks the
     values when it loads them and falls back to its generic columns if they do not parse)."""
     try:
         lab = json.loads(path.read_text())
@@ -220,8 +222,15 @@ def read_lab_section(path: Path) -> dict[str, Any]:
         raise SystemExit(f"--lab: {path} is not valid JSON ({exc})") from None
     columns = lab.get("columns") if isinstance(lab, dict) else None
     if columns is not None and not (isinstance(columns, list) and all(
-            isinstance(c, dict) and set(LAB_COLUMN_KEYS) <= set(c) for c in columns)):
-        raise SystemExit(f"--lab: 'columns' must be a list of objects with the keys {', '.join(LAB_COLUMN_KEYS)}")
+            (isinstance(c, dict) and set(LAB_COLUMN_KEYS) <= set(c)) or isinstance(c, str) for c in columns)):
+        raise SystemExit(f"--lab: 'columns' must be a list of column specs (e.g. \"strong=robust@x0+adam:2\") or "
+                         f"objects with the keys {', '.join(LAB_COLUMN_KEYS)}")
+    for column in columns or []:
+        if isinstance(column, str):
+            try:
+                GuidanceSpec.parse(column)
+            except ValueError as exc:
+                raise SystemExit(f"--lab: {exc}") from None
     if not isinstance(lab, dict) or ("steps" in lab and not isinstance(lab["steps"], int)):
         raise SystemExit("--lab: expected a JSON object (keys: columns, steps, gallery)")
     return lab

@@ -27,7 +27,9 @@ COLUMNS_HELP = (
     "Nichol), `x0` (through the denoiser's predicted x0, GradCheck) or `x0_detached`. **stabiliser**: `none`, "
     "`adam` or `ema` (GradCheck; Adam's output is of order 1 per pixel whatever the gradient's size, so it "
     "needs its own, usually smaller, scale). "
-    "Rename a row to run the same guide twice with other settings.")
+    "Rename a row to run the same guide twice with other settings. Or leave **method** and **guide** empty and "
+    "write a whole column spec in **column**: `[NAME=]KIND[@SOURCE][+STABILISER][:SCALE][/KEY=VALUE]`, e.g. "
+    "`strong=robust@x0+adam:2/loss=logit` (README, 'Column specs').")
 DEFAULT_SEEDS = "0-3"
 DEFAULT_FRAMES = 8
 
