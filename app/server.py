@@ -2,8 +2,10 @@
 Blocks at ``/``, served by uvicorn.
 
 The survey (``survey.web.create_survey_app``) handles its own rater pages and its
-password-protected results; the lab never links to it. When the survey package is
-missing or fails to start, ``/survey`` answers 503 with the reason and the lab runs on.
+password-protected results; the lab links to it only where an admin made a study from
+a run (``app.views.study_from_run``, which writes into the same database). When the
+survey package is missing or fails to start, ``/survey`` answers 503 with the reason and
+the lab runs on.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.exc import ArgumentError
 
-from .state import LabState
+from .state import LabState, SurveyTarget
 
 log = logging.getLogger("app")
 
@@ -128,6 +130,10 @@ def create_server(state: LabState, *, concurrency: int = 2, queue_size: int | No
     app = FastAPI(title="Robust classifier guidance lab", docs_url=None, redoc_url=None, openapi_url=None)
     survey_asgi, survey_note = survey_app(survey or SurveyOptions())
     app.state.survey_note = survey_note
+    survey_db = getattr(survey_asgi.state, "db", None)  # None: the survey is off or unavailable
+    if survey_db is not None:  # the lab's "study from this run" writes into the same database
+        state.survey = SurveyTarget(survey_db, Path(survey_asgi.state.media_dir),
+                                    (survey or SurveyOptions()).admin_password)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:

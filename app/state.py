@@ -60,6 +60,17 @@ class RunRecord:
         return f"{self.id} · {self.kind} · {n} image(s) x [{cols}] · {steps} steps"
 
 
+@dataclass(frozen=True)
+class SurveyTarget:
+    """Where the lab puts the studies it makes from runs: the database and image folder
+    of the survey this server serves at ``path``, and the admin password that allows it."""
+
+    db: Any  # survey.db.SurveyDB
+    media_dir: Path
+    admin_password: str | None
+    path: str = "/survey"
+
+
 @dataclass
 class Gallery:
     """Held-out images shown by the inspector and attack views."""
@@ -90,6 +101,7 @@ class LabState:
         self._armed: dict[str, float] = {}
         self._running: dict[str, int] = {}
         self._gallery: dict[tuple, Gallery | None] = {}
+        self.survey: SurveyTarget | None = None  # set by app.server when the survey is on
 
     # ------------------------------------------------------------------ models
     @property

@@ -294,33 +294,33 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    from .create import MethodSpec, StudyPlan, create_study, read_class_names, study_counts, units_from_bundle, \
-        units_from_folders, units_from_npz
+    from .create import MethodSpec, StudyPlan, create_study, read_class_names, units_from_bundle, units_from_folders, \
+        units_from_npz
     from .db import open_db
 
     if not args.from_run and (args.columns or args.bundle):
         raise SystemExit("error: --columns and --bundle go with --from-run (with --from-bundle, name the folder there)")
     media = args.media or default_media(args.db)
     run = _run_plan(args) if args.from_run else None  # a bad run file or models: refused before the database opens
+    plan = StudyPlan(args.per_rater, args.gold_rate, args.repeat_rate, args.seed, _rules(args) or ExclusionRules(),
+                     args.fast_ms)
     db = open_db(args.db)
     class_names = read_class_names(args.class_names)
     if args.guide and not args.diffusers_dir:
         raise SystemExit("--guide goes with --diffusers-dir (a bundle folder names its own guides)")
+
+    def progress(done: int, total: int) -> None:
+        print(f"  generated {done}/{total} units", file=sys.stderr)
+
     if run is not None:
-        from .create import units_from_configs
+        from .create import study_from_run
 
         plan_of_run, bundle, bundle_path = run
-
-        def progress(done: int, total: int) -> None:
-            print(f"  generated {done}/{total} units", file=sys.stderr)
-
-        units = units_from_configs(bundle, plan_of_run.configs, args.pairs if args.pairs is not None else 200,
-                                   args.seed, respacing=plan_of_run.respacing, sampler=plan_of_run.sampler,
-                                   eta=plan_of_run.eta, batch_size=args.batch_size, bundle_path=bundle_path,
-                                   progress=progress)
-        methods = [c.name for c in plan_of_run.configs]
-        source = {**plan_of_run.source(), "bundle_path": bundle_path}
-    elif args.from_bundle is not None or args.diffusers_dir:
+        study_id = study_from_run(db, media, args.name, plan_of_run, bundle,
+                                  args.pairs if args.pairs is not None else 200, seed=args.seed, study_plan=plan,
+                                  bundle_path=bundle_path, batch_size=args.batch_size, progress=progress)
+        return _created(db, args.name, study_id, media)
+    if args.from_bundle is not None or args.diffusers_dir:
         from engine.bundles import load_bundle
         from engine.checkpoints import BundleError
         from engine.model_specs import open_models
@@ -341,10 +341,6 @@ def cmd_create(args: argparse.Namespace) -> int:
         bundle_path = args.diffusers_dir or args.from_bundle or "models/"
         specs = [MethodSpec.parse(m) for m in args.methods or ["vanilla:0.5", "robust:1.0"]]
         n = args.pairs if args.pairs is not None else 200
-
-        def progress(done: int, total: int) -> None:
-            print(f"  generated {done}/{total} units", file=sys.stderr)
-
         units = units_from_bundle(bundle, specs, n, args.seed, respacing=args.respacing, sampler=args.sampler or "ddpm",
                                   batch_size=args.batch_size, bundle_path=bundle_path,
                                   progress=progress)
@@ -363,11 +359,15 @@ def cmd_create(args: argparse.Namespace) -> int:
                                    limit=args.pairs, seed=args.seed)
         methods = list(units[0])
         source = {"kind": "folders", "folders": [str(p) for p in args.from_folders]}
-    plan = StudyPlan(args.per_rater, args.gold_rate, args.repeat_rate, args.seed, _rules(args) or ExclusionRules(),
-                     args.fast_ms)
     study_id = create_study(db, media, args.name, units, methods, plan, source)
+    return _created(db, args.name, study_id, media)
+
+
+def _created(db, name: str, study_id: int, media) -> int:  # noqa: ANN001 - SurveyDB, path
+    from .create import study_counts
+
     counts = study_counts(db, study_id)
-    print(f"study {args.name!r} (id {study_id}) created: {counts['main_pairs']} main, {counts['gold_pairs']} gold, "
+    print(f"study {name!r} (id {study_id}) created: {counts['main_pairs']} main, {counts['gold_pairs']} gold, "
           f"{counts['repeat_pairs']} repeat pairs; {counts['images']} images in {media}")
     return 0
 

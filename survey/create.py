@@ -29,7 +29,6 @@ import itertools
 import json
 import math
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -252,6 +251,25 @@ def check_run_against_bundle(plan: RunPlan, bundle: Any) -> None:
     if plan.null_label_needed and getattr(bundle, "null_label", None) is None:
         raise StudyError(f"{plan.path}: a column needs the denoiser's null label (classifier-free or unconditional), "
                          "which the loaded models lack")
+
+
+def study_from_run(db: SurveyDB, media_dir: str | Path, name: str, plan: RunPlan, bundle: Any, pairs: int, *,
+                   seed: int = 0, study_plan: StudyPlan | None = None, bundle_path: str | None = None,
+                   batch_size: int = 16, progress: Callable[[int, int], None] | None = None) -> int:
+    """A study of a lab run (``survey create --from-run`` and the lab's button): ``pairs``
+    units of fresh (class, seed) drawn from ``seed``, every chosen column sampled with the
+    run's sampler, eta and steps by ``bundle``; each image stores the config that
+    regenerates it. Refused before anything is generated when the models lack what the run
+    needs or the name is taken; returns the new study's id."""
+    check_run_against_bundle(plan, bundle)
+    name = validate_name(name)
+    with db.session() as session:
+        if session.scalar(select(Study.id).where(Study.name == name)) is not None:
+            raise StudyError(f"a study named {name!r} already exists in this database; choose another name")
+    units = units_from_configs(bundle, plan.configs, pairs, seed, respacing=plan.respacing, sampler=plan.sampler,
+                               eta=plan.eta, batch_size=batch_size, bundle_path=bundle_path, progress=progress)
+    return create_study(db, media_dir, name, units, [c.name for c in plan.configs], study_plan,
+                        {**plan.source(), "bundle_path": bundle_path})
 
 
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
@@ -541,6 +559,7 @@ def study_counts(db: SurveyDB, study_id: int) -> dict[str, int]:
 
 
 
-__all__ = ["GOLD_BROKEN", "GOLD_WRONG_CLASS", "MethodSpec", "QUESTION", "SourceImage", "StudyError", "StudyPlan",
-           "create_study", "find_study", "read_class_names", "study_counts", "units_from_bundle", "units_from_folders",
-           "units_from_npz"]
+__all__ = ["GOLD_BROKEN", "GOLD_WRONG_CLASS", "MethodSpec", "QUESTION", "RunPlan", "SourceImage", "StudyError",
+           "StudyPlan", "check_run_against_bundle", "create_study", "find_study", "read_class_names",
+           "read_run_config", "study_counts", "study_from_run", "units_from_bundle", "units_from_configs",
+           "units_from_folders", "units_from_npz"]

@@ -208,7 +208,28 @@ def markdown_to_html(text: str) -> str:
     return "\n".join(out)
 
 
-def results_page(report_markdown: str, studies: list[str], current: str, counts: dict, links: list[str]) -> str:
+def study_link_html(current: str, link: dict | None) -> str:
+    """The study's public (crowdsourcing) link and its settings, or how to open one.
+    ``link``: url, prolific_url, is_open, participants, quota, completion_code,
+    completion_url, screenout_code (see ``survey.links.LinkInfo``)."""
+    if link is None:
+        return (f'<p id="study-link" class="muted">No public study link yet (one link for everybody on a crowdsourcing '
+                f'platform): <code>survey open-link --study {esc(current)} --base-url https://HOST/survey</code>; '
+                'personal links: the form below.</p>')
+    quota = f"{link['participants']} of {link['quota']}" if link["quota"] else f"{link['participants']} (no quota)"
+    state = "open" if link["is_open"] else "closed: no new participants"
+    codes = f"completion code <code>{esc(link['completion_code'])}</code>"
+    if link.get("completion_url"):
+        codes += f", sent on to <code>{esc(link['completion_url'])}</code>"
+    if link.get("screenout_code"):
+        codes += f"; screen-out code <code>{esc(link['screenout_code'])}</code>"
+    return (f'<div id="study-link"><p>Public study link ({esc(state)}; participants {esc(quota)}): '
+            f'<code>{esc(link["url"])}</code></p><p class="muted">For Prolific, with its placeholders: '
+            f'<code>{esc(link["prolific_url"])}</code>; {codes}.</p></div>')
+
+
+def results_page(report_markdown: str, studies: list[str], current: str, counts: dict, links: list[str],
+                 study_link: str = "") -> str:
     options = "".join(f'<option value="{esc(s)}"{" selected" if s == current else ""}>{esc(s)}</option>'
                       for s in studies)
     shown_links = "".join(f"<li><code>{esc(link)}</code></li>" for link in links)
@@ -218,6 +239,7 @@ def results_page(report_markdown: str, studies: list[str], current: str, counts:
 </form><p class="muted">{esc(summary)}</p>
 <p><a href="results.json?study={esc(quote(current, safe=''))}">report as JSON</a> &middot;
 <a href="votes.csv?study={esc(quote(current, safe=''))}">raw votes (CSV)</a></p>
+{study_link}
 <form method="post" action="invite"><input type="hidden" name="study" value="{esc(current)}">
 New rater links: <input name="count" value="1" size="3"> <button class="secondary">Create</button></form>
 {f"<ul>{shown_links}</ul>" if shown_links else ""}
@@ -226,4 +248,4 @@ New rater links: <input name="count" value="1" size="3"> <button class="secondar
 
 
 __all__ = ["busy_page", "completion_page", "consent_page", "error_page", "finish_page", "landing_page",
-           "markdown_to_html", "pair_page", "results_page", "study_full_page"]
+           "markdown_to_html", "pair_page", "results_page", "study_full_page", "study_link_html"]

@@ -326,7 +326,8 @@ def create_survey_app(db_url: str | Path, media_dir: str | Path, admin_password:
             current, text, counts = _report_html(db, study)
         except (ValueError, LookupError) as exc:
             return _html(pages.error_page(str(exc)), 400)
-        return _html(pages.results_page(text, _study_names(db), current.name, counts, []))
+        return _html(pages.results_page(text, _study_names(db), current.name, counts, [],
+                                        _study_link(db, current, _base_url(request))))
 
     @app.get("/results.json")
     def results_json(request: Request, study: str | None = None) -> Response:
@@ -385,10 +386,11 @@ def create_survey_app(db_url: str | Path, media_dir: str | Path, admin_password:
             raters = flow.invite(db, current.id, count)
         except (ValueError, flow.FlowError) as exc:
             return _html(pages.error_page(str(exc)), 400)
-        base = str(request.base_url).rstrip("/") + request.scope.get("root_path", "")
+        base = _base_url(request)
         links = flow.invite_links(raters, base)
         _c, text, counts = _report_html(db, current.name)
-        return _html(pages.results_page(text, _study_names(db), current.name, counts, links))
+        return _html(pages.results_page(text, _study_names(db), current.name, counts, links,
+                                        _study_link(db, current, base)))
 
     return app
 
@@ -397,6 +399,23 @@ async def _run_sync(fn, *args):  # noqa: ANN001, ANN202 - thin wrapper
     from starlette.concurrency import run_in_threadpool
 
     return await run_in_threadpool(fn, *args)
+
+
+def _base_url(request: Request) -> str:
+    """The survey's own address as the browser reached it (behind the lab: .../survey)."""
+    return str(request.base_url).rstrip("/") + request.scope.get("root_path", "")
+
+
+def _study_link(db: SurveyDB, study: Study, base: str) -> str:
+    from .links import link_info
+
+    info = link_info(db, study.id)
+    if info is None:
+        return pages.study_link_html(study.name, None)
+    return pages.study_link_html(study.name, {
+        "url": info.url(base), "prolific_url": info.prolific_url(base), "is_open": info.is_open,
+        "participants": info.participants, "quota": info.quota, "completion_code": info.completion_code,
+        "completion_url": info.completion_url, "screenout_code": info.screenout_code})
 
 
 def _question(db: SurveyDB, token: str) -> str:

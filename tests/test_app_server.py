@@ -53,7 +53,13 @@ def unexpected_tracebacks(log: str) -> list[str]:
 @pytest.fixture(scope="module")
 def lab(tiny_bundle_dir, tmp_path_factory):
     """`python -m app` on the tiny bundle; yields its base URL."""
-    work = tmp_path_factory.mktemp("lab")
+    for url, _work in serve_lab(tiny_bundle_dir, tmp_path_factory.mktemp("lab")):
+        yield url
+
+
+def serve_lab(tiny_bundle_dir: Path, work: Path):
+    """Run `python -m app` on the tiny bundle with its runs and survey database in
+    ``work``; yields (base URL, work) once, then stops it and checks its log."""
     port = free_port()
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
            "RCG_ADMIN_PASSWORD": "secret"}
@@ -77,7 +83,7 @@ def lab(tiny_bundle_dir, tmp_path_factory):
             if time.time() > deadline:
                 raise RuntimeError(f"the lab did not start in 120 s:\n{log_path.read_text()}")
             time.sleep(0.2)
-        yield url
+        yield url, work
         served = log_path.read_text()  # what the requests logged, before the shutdown noise
         assert not unexpected_tracebacks(served), served
     finally:

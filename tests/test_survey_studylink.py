@@ -236,3 +236,56 @@ def test_study_link_over_http(tmp_path):
     finally:
         server.kill()
         db.dispose()
+
+
+
+def test_results_page_keeps_the_study_link_progress_and_invites_with_no_report_or_every_rater_excluded(tmp_path):
+    """The results page of a study with no answers yet, then with one rater who answered
+    only a gold pair, wrongly, so that the declared rule removes every rater and no main
+    pair has an answer: the page marks the figures as unfiltered and keeps progress, the
+    invite form and the study link (or how to open one)."""
+    db = open_db(tmp_path / "s.db")
+    study = create_study(db, tmp_path / "media", "fresh", units(4),
+                         plan=StudyPlan(per_rater=1, gold_rate=1.0, rules=ExclusionRules(min_gold_accuracy=0.75)))
+    server = Server(tmp_path / "s.db", tmp_path / "media", env={"RCG_ADMIN_PASSWORD": PASSWORD})
+    client = httpx.Client(base_url=server.url, timeout=30)
+
+    def results() -> str:
+        page = client.get("/results?study=fresh", auth=("admin", PASSWORD))
+        assert page.status_code == 200, page.text
+        assert 'action="invite"' in page.text and "main pairs: 4" in page.text and 'id="study-link"' in page.text
+        return page.text
+
+    try:
+        page = results()
+        assert "No votes yet." in page and "votes: 0" in page
+        assert "No public study link yet" in page and "survey open-link --study fresh" in page
+        for rater in flow.invite(db, study, 30):  # the first rater whose first pair is the gold one answers it wrongly
+            token = rater.invite_token
+            assert client.post(f"/r/{token}/consent").status_code == 303
+            shown = IMPRESSION.search(client.get(f"/r/{token}").text).group(1)
+            with db.session() as s:
+                kind = s.scalar(select(Pair.kind).join(Impression, Impression.pair_id == Pair.id)
+                                .where(Impression.token == shown))
+            if kind == "gold":
+                assert answer_pair(client, token, db, correct_gold=False)
+                break
+        else:
+            pytest.fail("no rater was shown the gold pair first")
+        page = results()
+        assert '<p class="warning"><strong>UNFILTERED FIGURES:</strong> the exclusion rules removed every rater ' \
+               '(1 of 1)' in page
+        assert "1 answers (0 on 0 main pairs, 1 gold, 0 repeat) from 1 raters" in page and "votes: 1" in page
+        assert "gold accuracy 0 % (0 of 1 gold answers correct) is below 75 %" in page
+        link = links.open_link(db, study, quota=5, completion_code="DONE1234", screenout_code="SCRN0001")
+        page = results()
+        assert f"<code>{server.url}/s/{link.secret}</code>" in page and "participants 0 of 5" in page
+        assert f"{server.url}/s/{link.secret}?PROLIFIC_PID={{{{%PROLIFIC_PID%}}}}" in page
+        assert "completion code <code>DONE1234</code>" in page and "screen-out code <code>SCRN0001</code>" in page
+        invited = client.post("/invite", data={"study": "fresh", "count": "1"}, auth=("admin", PASSWORD)).text
+        assert f"{server.url}/s/{link.secret}" in invited and f"{server.url}/r/" in invited
+        links.open_link(db, study, is_open=False)
+        assert "closed: no new participants" in results()
+    finally:
+        server.kill()
+        db.dispose()

@@ -19,7 +19,7 @@ from ..errors import user_errors
 from ..inputs import (COLUMN_HEADERS, LabInputError, check_image_budget, configs_from_rows, parse_class, parse_float,
                       parse_seeds, parse_steps, read_columns)
 from ..state import LabState, RunRecord
-from . import View, class_choices, session_of
+from . import View, class_choices, session_of, study_from_run
 
 COLUMNS_HELP = (
     "Tick **run** for each column to sample. **method**: `classifier`, `unguided` or `cfg` (classifier-free, "
@@ -176,6 +176,7 @@ def build(state: LabState, concurrency: int) -> View:
                 files = gr.File(label="Downloads: run config, images (.npz, .png), traces (.pt)",
                                 file_count="multiple", interactive=False)
         run_id = gr.State(None)
+        study_from_run.build(state, run_id)  # the kept run -> a survey study (admin)
 
     outputs = [final, x0strip, gradstrip, logp_plot, stability_plot, summary, files, status, run_id]
 
