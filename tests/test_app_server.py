@@ -394,31 +394,49 @@ OVERFLOW_JS = """sel => [...document.querySelectorAll(sel + ', ' + sel + ' *')].
   .map(e => `${e.tagName}.${e.className}: ${e.scrollWidth} > ${e.clientWidth}`)"""
 
 
-@pytest.mark.browser
-def test_browser_runs_a_side_by_side_sample(lab):
+def chromium_or_skip() -> None:
+    """Skip a browser test when Chromium is missing, with the reason; fail under CI=true."""
     if not Path(CHROMIUM).exists():
         message = f"{CHROMIUM} is missing (Debian package chromium); the browser test needs it"
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(message)
         pytest.skip(message)
+
+
+def open_lab_page(browser, url: str):
+    """A page on the lab at ``url``, loaded, and the list its page errors go to."""
+    ARTIFACTS.mkdir(exist_ok=True)  # where the screenshots go
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url + "/", wait_until="domcontentloaded")
+    page.wait_for_selector("#sample-run", timeout=60000)
+    page.wait_for_timeout(1000)  # the page-load refresh fills the controls
+    return page, errors
+
+
+def sample_in_page(page, steps: int) -> None:
+    """Run a side-by-side sample of ``steps`` steps in the page and wait until it is done."""
+    from app.screenshots import DONE_JS
+
+    page.locator("#sample-steps input").fill(str(steps))
+    page.locator("#sample-steps input").press("Tab")
+    page.click("#sample-run")
+    page.wait_for_function(DONE_JS, arg=["#sample-status", ""], timeout=120000)
+
+
+@pytest.mark.browser
+def test_browser_runs_a_side_by_side_sample(lab):
+    chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
-    from app.screenshots import CHROMIUM_ARGS, DONE_JS
+    from app.screenshots import CHROMIUM_ARGS
 
-    ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(lab + "/", wait_until="domcontentloaded")
-            page.wait_for_selector("#sample-run", timeout=60000)
-            page.wait_for_timeout(1000)  # the page-load refresh fills the controls
-            page.locator("#sample-steps input").fill("2")
-            page.locator("#sample-steps input").press("Tab")
-            page.click("#sample-run")
-            page.wait_for_function(DONE_JS, arg=["#sample-status", ""], timeout=120000)
+            page, errors = open_lab_page(browser, lab)
+            sample_in_page(page, steps=2)
             loaded = "sel => [...document.querySelectorAll(sel + ' img')].map(i => i.complete ? i.naturalWidth : 0)"
             for selector in ("#sample-final", "#sample-x0", "#sample-grad", "#sample-logp", "#sample-stability"):
                 page.wait_for_function(f"() => ({loaded})('{selector}').some(w => w > 0)", timeout=30000)

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import func, select
 
 from survey import links
+from survey.create import regenerate
 from survey.db import open_db
 from survey.media import read_png
 from survey.models import Image, Pair, Study
@@ -54,9 +55,6 @@ def studies(db_path: Path) -> int:
 
 
 def test_a_kept_run_becomes_a_study_that_regenerates_its_images(lab_and_work, client, tiny_bundle):
-    from engine.data import to_uint8
-    from engine.guidance import GuidanceConfig
-
     url, work = lab_and_work
     db_path = work / "survey.db"
     out = client.predict(*sample_args(sampler="DDIM", eta=0.5), api_name="/sample")
@@ -112,12 +110,8 @@ def test_a_kept_run_becomes_a_study_that_regenerates_its_images(lab_and_work, cl
     # one pair, regenerated from its stored configs alone, gives the stored images
     pair = mains[0]
     for image in (im for im in images if im.id in (pair.image_a_id, pair.image_b_id)):
-        cfg = image.config
-        result = tiny_bundle.sample([GuidanceConfig.from_dict(cfg["guidance"])], labels=[cfg["label"]],
-                                    seeds=[cfg["seed"]], respacing=cfg["run"]["respacing"],
-                                    sampler=cfg["run"]["sampler"], eta=cfg["run"]["eta"])
-        again = to_uint8(result.images[image.method]).permute(0, 2, 3, 1).numpy()[0]
-        assert np.array_equal(again, read_png(work / "survey_media" / image.file_name)), image.method
+        stored = read_png(work / "survey_media" / image.file_name)
+        assert np.array_equal(regenerate(tiny_bundle, image.config), stored), image.method
 
     # the survey's results page of the new study (admin only)
     assert httpx.get(url + status["results_url"], timeout=30).status_code == 401
@@ -149,3 +143,41 @@ def test_no_study_without_an_admin_password_or_survey(tmp_path, tiny_bundle):
         admitted(state, "Secret")
     state.close()
 
+
+@pytest.mark.browser
+def test_browser_makes_a_study_from_the_run_it_just_sampled(lab_and_work):
+    from test_app_server import ARTIFACTS, CHROMIUM, chromium_or_skip, open_lab_page, sample_in_page
+
+    chromium_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    from app.screenshots import CHROMIUM_ARGS
+
+    url, work = lab_and_work
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page, errors = open_lab_page(browser, url)
+            sample_in_page(page, steps=2)
+            run_id = page.inner_text("#sample-status").split(":")[0].strip()
+            page.get_by_text("Survey study from a run (admin)").click()
+            # the run just made is chosen, with its columns as the methods
+            inputs = "() => [...document.querySelectorAll('input')].map(i => i.value)"
+            try:
+                page.wait_for_function(f"() => ({inputs})().some(v => v.startsWith('{run_id} · side-by-side'))",
+                                       timeout=120000)
+            except Exception:
+                page.screenshot(path=str(ARTIFACTS / "lab-study-from-run-failed.png"), full_page=True)
+                raise AssertionError(page.evaluate(inputs)) from None
+            page.locator("#study-password input").fill("secret")
+            page.click("#study-create")
+            page.wait_for_function("() => document.querySelector('#study-status').innerText.includes('made from')",
+                                   timeout=300000)
+            text = page.inner_text("#study-status")
+            assert f"made from {run_id}" in text and "pairs of vanilla, robust, nonrobust" in text, text
+            link = page.locator("#study-status a")
+            assert link.get_attribute("href").startswith("/survey/results?study=")
+            page.screenshot(path=str(ARTIFACTS / "lab-study-from-run.png"), full_page=True)
+            assert not errors, errors
+        finally:
+            browser.close()

@@ -180,7 +180,7 @@ def column_names(state: LabState, run_value: Any) -> list[str]:
 def build(state: LabState, run_id: gr.State) -> None:
     """The panel, under the side-by-side view; ``run_id`` is that view's latest run."""
     jobs = StudyJobs()
-    with gr.Accordion("Survey study from a run (admin)", open=False):
+    with gr.Accordion("Survey study from a run (admin)", open=False) as panel:
         gr.Markdown(HELP)
         with gr.Row():
             run_dd = gr.Dropdown(state.run_labels(), label="Run", allow_custom_value=True,
@@ -228,7 +228,8 @@ def build(state: LabState, run_id: gr.State) -> None:
         """A study job's progress and, when done, its results page."""
         return status_of(state, jobs.get(job))
 
-    run_id.change(latest, run_id, [run_dd, columns], api_visibility="private", concurrency_limit=None)
+    for event in (run_id.change, panel.expand):  # a new run, or the panel opened: offer the latest run
+        event(latest, run_id, [run_dd, columns], api_visibility="private", concurrency_limit=None)
     run_dd.input(choose, run_dd, columns, api_visibility="private", concurrency_limit=None)
     list_btn.click(lambda: gr.update(choices=state.run_labels()), None, run_dd, api_visibility="private",
                    concurrency_limit=None)
