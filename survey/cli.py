@@ -163,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(p, media=True)
     p.add_argument("--name", required=True, help="study name (unique in the database)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--from-bundle", nargs="?", const="", metavar="BUNDLE_DIR",
-                     help="generate with a bundle (default: the project's models/)")
+    src.add_argument("--from-bundle", nargs="?", const="", metavar="BUNDLE",
+                     help="generate with a bundle: a shipped bundle's name (mnist, ...) or a bundle folder (default: "
+                          "the default shipped bundle, see models/index.json)")
     src.add_argument("--diffusers-dir", default=None, metavar="PATH",
                      help="generate with a local diffusers pipeline folder and the --guide networks")
     src.add_argument("--from-npz", nargs=2, type=Path, metavar=("A.npz", "B.npz"),
@@ -176,9 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "steps and models, fresh seeds")
     p.add_argument("--columns", nargs="+", metavar="NAME",
                    help="with --from-run: the run's columns to compare (default: all, at least two)")
-    p.add_argument("--bundle", default=None, metavar="BUNDLE_DIR",
-                   help="with --from-run: the models (default: the run's models folder when it still exists, else "
-                        "the project's models/)")
+    p.add_argument("--bundle", default=None, metavar="BUNDLE",
+                   help="with --from-run: the models, a shipped bundle's name or a folder (default: the run's models "
+                        "folder when it still exists, else the default shipped bundle)")
     p.add_argument("--methods", nargs="+", default=None,
                    help="bundle methods as [label=]guide[:scale] (default: vanilla:0.5 robust:1.0)")
     p.add_argument("--guide", action="append", default=[], metavar="NAME=PATH",
@@ -336,7 +337,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         else:
             bundle = load_bundle(args.from_bundle or None)
         bundle.to(device)
-        bundle_path = args.diffusers_dir or args.from_bundle or "models/"
+        bundle_path = args.diffusers_dir or bundle.source
         specs = [MethodSpec.parse(m) for m in args.methods or ["vanilla:0.5", "robust:1.0"]]
         n = args.pairs if args.pairs is not None else 200
 

@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.ablation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", type=Path, help="classifier model files")
-    p.add_argument("--bundle", default=None, help="bundle with the denoiser and judge (default: models/)")
+    p.add_argument("--bundle", default=None, metavar="NAME|PATH",
+                   help="bundle with the denoiser and judge: a shipped bundle's name or a folder (default: the default "
+                        "shipped bundle)")
     p.add_argument("--out", type=Path, required=True, help="JSON record to write")
     p.add_argument("--scales", default="1,2", help="guidance scales (default: 1,2)")
     p.add_argument("--per-class", type=int, default=20, help="guided samples per class (default: 20)")

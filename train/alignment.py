@@ -59,7 +59,8 @@ def _pair(text: str) -> tuple[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.alignment", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: the bundled models/)")
+    p.add_argument("--bundle", default=None, metavar="NAME|PATH",
+                   help="a shipped bundle's name (mnist, ...) or a bundle folder (default: the default shipped bundle)")
     p.add_argument("--guides", default=None, help="comma-separated guides of the bundle (default: all)")
     p.add_argument("--guide", action="append", default=[], metavar="NAME=PATH",
                    help="add a classifier model file as a guide (e.g. a training run's model.pt); repeatable")
