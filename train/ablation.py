@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from engine.bundles import GuideInfo, load_bundle, load_model_file
+from engine.bundles import BundleError, GuideInfo, load_bundle, load_model_file
 from engine.guidance import Guide
 from engine.data import load_split
 from engine.metrics import JudgeFeatures, class_accuracy, extract_features, frechet_distance
@@ -44,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--respacing", default="50", help="sampling steps (default: 50)")
     p.add_argument("--limit", type=int, default=500, help="held-out images for the PGD figures (default: 500)")
     args = p.parse_args(argv)
-    bundle = load_bundle(args.bundle)
+    try:
+        bundle = load_bundle(args.bundle)
+    except BundleError as exc:
+        raise SystemExit(str(exc)) from None
     if bundle.judge is None:
         raise SystemExit("the bundle needs a judge for the sample-quality figures")
     scales = [float(s) for s in args.scales.split(",")]
