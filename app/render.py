@@ -1,6 +1,6 @@
 """Engine results -> values the UI shows: uint8 pictures with captions, matplotlib
 figures as RGB arrays, and tables. Formatting only; the numbers come from the engine
-(``engine.viz``, ``engine.trace``, ``engine.summaries``).
+(``engine.viz``, ``engine.trace``, ``engine.summaries``, ``engine.comparisons``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from engine import viz
+from engine.comparisons import ColumnDifference, JudgeVerdict
 from engine.probes import AttackRecord, GradientRecord
 from engine.summaries import GRADIENT_PROBLEMS, StabilityRow, evenly_spaced, gradient_problems, perturbation
 from engine.sampler import SampleResult
@@ -529,3 +530,104 @@ def describe_markdown(info: Mapping[str, Any]) -> str:
     judge = info.get("judge_parameters")
     lines.append(f"- judge: {judge:,} parameters" if judge else "- judge: none (no accuracy column)")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ comparisons
+AGREE_COLOUR, DISAGREE_COLOUR = (20, 110, 40), (200, 30, 20)
+
+
+def verdict_caption(verdict: JudgeVerdict, class_names: Sequence[str]) -> str:
+    """'judge: 3 (97%)' or, when the judge reads another class than the one asked for,
+    'judge: 5 (81%) != 3' (ASCII: it is drawn into the picture)."""
+    def name(k: int) -> str:
+        return class_names[k] if k < len(class_names) else str(k)
+
+    text = f"judge: {name(verdict.predicted)} ({verdict.probability:.0%})"
+    return text if verdict.agrees else f"{text} != {name(verdict.requested)}"
+
+
+def captioned_row(pictures: np.ndarray, captions: Sequence[str], flagged: Sequence[bool], padding: int = 4) -> np.ndarray:
+    """(N, H, W, 3) pictures in one row, a caption under each; a flagged picture gets a
+    red frame and a red caption, the others a green caption."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=11)
+    n, h, w = pictures.shape[:3]
+    cell = max(w, *(int(font.getlength(c)) for c in captions)) + padding if n else w
+    canvas = Image.new("RGB", (n * cell + padding, h + 18 + 2 * padding), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i in range(n):
+        x = padding + i * cell
+        canvas.paste(Image.fromarray(np.ascontiguousarray(pictures[i])), (x, padding))
+        if flagged[i]:
+            draw.rectangle((x - 2, padding - 2, x + w + 1, padding + h + 1), outline=DISAGREE_COLOUR, width=2)
+        draw.text((x, padding + h + 3), captions[i], fill=DISAGREE_COLOUR if flagged[i] else AGREE_COLOUR, font=font)
+    return np.asarray(canvas)
+
+
+def verdict_gallery(result: SampleResult, verdicts: Sequence[JudgeVerdict], class_names: Sequence[str],
+                    accuracies: Mapping[str, float] | None = None) -> list[Caption]:
+    """:func:`final_gallery` with the judge's verdict under every image (red frame and
+    caption where it reads another class than the one asked for)."""
+    accuracies = accuracies or {}
+    by_column: dict[str, list[JudgeVerdict]] = {}
+    for v in verdicts:
+        by_column.setdefault(v.column, []).append(v)
+    items = []
+    for config in result.configs:
+        pictures = show(result.images[config.name])
+        found = by_column.get(config.name)
+        if not found:
+            items.append((row(pictures), column_caption(config, accuracies.get(config.name))))
+            continue
+        picture = captioned_row(pictures, [verdict_caption(v, class_names) for v in found], [not v.agrees for v in found])
+        items.append((picture, column_caption(config, accuracies.get(config.name))))
+    return items
+
+
+def verdict_table(verdicts: Sequence[JudgeVerdict], class_names: Sequence[str]) -> pd.DataFrame:
+    """One row per image: column, seed, the class asked for, the judge's reading and its
+    probability, the judge's probability of the class asked for."""
+    def name(k: int) -> str:
+        return class_names[k] if k < len(class_names) else str(k)
+
+    return pd.DataFrame([{"column": v.column, "seed": v.seed, "asked for": name(v.requested),
+                          "judge reads": name(v.predicted), "p(reading)": round(v.probability, 4),
+                          "p(asked for)": round(v.requested_probability, 4),
+                          "agrees": "yes" if v.agrees else "NO"} for v in verdicts],
+                        columns=["column", "seed", "asked for", "judge reads", "p(reading)", "p(asked for)", "agrees"])
+
+
+def colour_legend(scale: float, left: str, right: str, width: int = 320) -> np.ndarray:
+    """A blue-white-red bar from -scale to +scale with its ticks and what each end means."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=11)
+    bar = viz.signed_colours(torch.linspace(-1, 1, width).reshape(1, 1, 1, width).expand(1, 1, 14, width), 1.0)[0]
+    canvas = Image.new("RGB", (width + 80, 14 + 34), "white")
+    canvas.paste(Image.fromarray(np.ascontiguousarray(bar)), (40, 2))
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle((39, 1, 40 + width, 16), outline=(120, 120, 120))
+    for x, text in ((40, f"-{scale:.2f}"), (40 + width // 2, "0"), (40 + width, f"+{scale:.2f}")):
+        draw.line((x, 16, x, 20), fill=(80, 80, 80))
+        draw.text((x - int(font.getlength(text)) // 2, 20), text, fill=(20, 20, 20), font=font)
+    draw.text((2, 34), left, fill=(40, 60, 200), font=font)
+    draw.text((width + 78 - int(font.getlength(right)), 34), right, fill=(200, 30, 20), font=font)
+    return np.asarray(canvas)
+
+
+def difference_outputs(diff: ColumnDifference) -> tuple[np.ndarray, pd.DataFrame]:
+    """The picture (rows: column A, column B, A - B on one signed colour scale shared by
+    every seed, and its legend) and a table of ||A - B|| per seed."""
+    a_pics, b_pics = show(diff.images_a), show(diff.images_b)
+    scale = diff.scale if diff.scale > 0 else 1.0
+    d_pics = viz.upscale(viz.signed_colours(diff.delta, scale), upscale_factor(diff.delta.shape[-2]))
+    seeds = ", ".join(str(s) for s in diff.seeds)
+    items = [(row(a_pics), f"A = {diff.a} (seeds {seeds})"), (row(b_pics), f"B = {diff.b}"),
+             (row(d_pics), f"A - B, same seed and noise: what guidance alone changed"
+                           + ("" if diff.scale > 0 else " (identical images)")),
+             (colour_legend(diff.scale, f"B brighter ({diff.b})", f"A brighter ({diff.a})"),
+              "colour scale (pixel values span -1..1)")]
+    table = pd.DataFrame([{"seed": s, "‖A − B‖₂": round(l2, 4), "max |A − B|": round(li, 4)}
+                          for s, l2, li in zip(diff.seeds, diff.l2, diff.linf)])
+    return labelled_stack(items), table
