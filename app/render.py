@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from engine import viz
+from engine.alignment import AlignmentResult
 from engine.comparisons import ColumnDifference, JudgeVerdict
 from engine.probes import AttackRecord, GradientRecord
 from engine.summaries import GRADIENT_PROBLEMS, StabilityRow, evenly_spaced, gradient_problems, perturbation
@@ -631,3 +632,90 @@ def difference_outputs(diff: ColumnDifference) -> tuple[np.ndarray, pd.DataFrame
     table = pd.DataFrame([{"seed": s, "‖A − B‖₂": round(l2, 4), "max |A − B|": round(li, 4)}
                           for s, l2, li in zip(diff.seeds, diff.l2, diff.linf)])
     return labelled_stack(items), table
+
+
+# ------------------------------------------------------------------------------ batch attack (transfer)
+def transfer_figure(result: AlignmentResult) -> np.ndarray:
+    """Per guide: attack success on itself and transfer to the judge (the perceptual-
+    alignment score), bars with ± one binomial standard error."""
+    rows = result.summaries()
+    s = result.settings
+    fig, (ax,) = _new_figure(1, width=max(4.0, 1.3 * len(rows) + 2.0), height=3.4)
+    x = np.arange(len(rows))
+    colors = _colors(2)
+    for k, (key, label) in enumerate((("success", "success on the attacked guide"),
+                                      ("transfer", "transfer: the judge reads the target"))):
+        values = [100 * r[key] for r in rows]
+        errors = [100 * r[f"{key}_se"] for r in rows]
+        bars = ax.bar(x + (k - 0.5) * 0.38, values, 0.36, yerr=errors, capsize=4, color=colors[k], label=label,
+                      alpha=0.55 if key == "success" else 0.95)
+        if key == "transfer":
+            for bar, v, e in zip(bars, values, errors):
+                ax.annotate(f"{v:.0f} ± {e:.0f}", (bar.get_x() + bar.get_width() / 2, min(v + e, 100)),
+                            ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+    ax.set_xticks(x, [r["guide"] for r in rows])
+    ax.set_ylim(0, 112)
+    ax.set_ylabel("% of images (± s.e.)")
+    ax.set_title(f"targeted {s.norm.upper()} PGD-{s.steps}, eps {s.radii[0]:g}, t = {s.timesteps[0]}, "
+                 f"n = {len(result.labels)}", fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    _figure_legend(fig, [ax])
+    return figure_array(fig)
+
+
+def transfer_table(result: AlignmentResult, pairs: Sequence[tuple[str, str]] = ()) -> pd.DataFrame:
+    """Per guide the rates (%, ± standard error); then each pair's paired transfer
+    difference (points ± standard error, images where only A / only B transfers)."""
+    out = []
+    for r in result.summaries():
+        out.append({"guide": r["guide"], "transfer %": _round(100 * r["transfer"], 1),
+                    "± s.e.": _round(100 * r["transfer_se"], 1), "success %": _round(100 * r["success"], 1),
+                    "transfer among successes %": _round(100 * r["transfer_among_successes"], 1),
+                    "judge still reads the original %": _round(100 * r["kept"], 1), "images": r["n"]})
+    for a, b in pairs:
+        for p in result.paired(a, b):
+            out.append({"guide": f"{a} − {b} (paired)", "transfer %": _round(100 * p["mean_diff"], 1),
+                        "± s.e.": _round(100 * p["se_diff"], 1), "success %": None,
+                        "transfer among successes %": None, "judge still reads the original %": None,
+                        "images": f"{p['wins_diff']} / {p['losses_diff']}"})
+    return pd.DataFrame(out)
+
+
+def transfer_grid(result: AlignmentResult, class_names: Sequence[str]) -> np.ndarray:
+    """Rows = the first images: the graded original (x at t = 0, the denoiser's x0 of x_t
+    at t > 0), then per guide the graded attacked image (caption: what the judge reads)
+    and the change attacked − original on one signed colour scale shared by the grid."""
+    t, eps = result.settings.timesteps[0], result.settings.radii[0]
+    guides = list(dict.fromkeys(c.guide for c in result.cells))
+    originals = result.originals[t]
+    k = len(originals)
+    if k == 0:
+        return labelled_grid([], [], [])
+    changes = {g: result.examples[(g, t, eps)][:k] - originals for g in guides}
+    scale = max([float(d.abs().max()) for d in changes.values()] + [1e-6])
+
+    def name(i: int) -> str:
+        return class_names[i] if i < len(class_names) else str(i)
+
+    factor = upscale_factor(originals.shape[-2], DISPLAY_PIXELS * 2 // 3)
+    cells, row_labels, captions = [], [], []
+    orig_pics = viz.upscale(viz.to_rgb(viz.images_to_uint8(originals)), factor)
+    for i in range(k):
+        y, target = int(result.labels[i]), int(result.targets[i])
+        row_cells, row_caps = [orig_pics[i]], [f"class {name(y)}"]
+        for g in guides:
+            cell = result.cell(g, t, eps)
+            attacked = viz.upscale(viz.to_rgb(viz.images_to_uint8(result.examples[(g, t, eps)][i:i + 1])), factor)[0]
+            change = viz.upscale(viz.signed_colours(changes[g][i:i + 1], scale), factor)[0]
+            reads = "-> target" if bool(cell.transfer[i]) else ("stays" if bool(cell.kept[i]) else "other")
+            row_cells += [attacked, change]
+            row_caps += [f"judge: {reads}", ""]
+        cells.append(row_cells)
+        row_labels.append(f"{name(y)} -> {name(target)}")
+        captions.append(row_caps)
+    what = "x" if t == 0 else "x0 of x_t"
+    header = [f"original ({what})"] + [h for g in guides for h in (f"{g}: attacked", f"{g}: change")]
+    grid = labelled_grid(cells, header, row_labels, captions)
+    legend = colour_legend(scale, "darker after the attack", "brighter after the attack")
+    return labelled_stack([(grid, f"first {k} of {len(result.labels)} images; rows: class -> target (t = {t}, "
+                                  f"eps {eps:g})"), (legend, "change: attacked - original (shared colour scale)")])
