@@ -14,20 +14,23 @@ default is not shipped, the default is the first bundle in that order.
 A ``--bundle`` value is a bundle *name* (the folder's name under ``models/``, or the
 ``name`` in its bundle.json) or a *path* (a bundle folder or its bundle.json):
 :func:`resolve_bundle` turns either into a folder and names the shipped bundles when it
-matches none. The models folder is ``models/`` of the checkout this code runs from,
-else the copy ``pip install`` put beside the packages (the data package ``rcg_models``).
+matches none. The models folder is ``$RCG_MODELS_DIR`` when set, else ``models/`` of
+the checkout this code runs from, else the copy ``pip install`` put beside the packages
+(the data package ``rcg_models``).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 INDEX_FILE = "index.json"
 MANIFEST = "bundle.json"
+MODELS_DIR_ENV = "RCG_MODELS_DIR"  # another folder of bundles (e.g. a deployment's own), same layout
 FALLBACK_NAME = "mnist"  # where the project's demo bundle is built when none is shipped yet
 
 
@@ -52,9 +55,12 @@ def _holds_bundles(folder: Path) -> bool:
 
 
 def models_root() -> Path:
-    """The folder of the shipped bundles: the checkout's ``models/`` when it holds any,
+    """The folder of the shipped bundles: ``$RCG_MODELS_DIR`` when set (a folder of
+    bundle folders of one's own), else the checkout's ``models/`` when it holds any,
     else the installed ``rcg_models`` package's folder when it does, else the checkout
     path (where ``python -m train.bundle add`` builds one)."""
+    if os.environ.get(MODELS_DIR_ENV):
+        return Path(os.environ[MODELS_DIR_ENV]).expanduser().resolve()
     checkout = Path(__file__).resolve().parent.parent / "models"
     if _holds_bundles(checkout):
         return checkout
