@@ -143,7 +143,8 @@ def build(state: LabState) -> View:
             gr.Markdown(SHIPPED_HELP)
             with gr.Row():
                 shipped = gr.Dropdown([b.name for b in shipped_bundles()], value=current_name(state),
-                                      label="Shipped bundle", elem_id="models-shipped", scale=2)
+                                      label="Shipped bundle", elem_id="models-shipped", scale=2,
+                                      allow_custom_value=True, info="a name from the list below")
                 switch_btn = gr.Button("Switch", variant="primary", elem_id="models-switch", scale=1,
                                        interactive=state.allow_model_loading)
             shipped_list = gr.Dataframe(shipped_table(state), interactive=False, elem_id="models-shipped-table",
