@@ -182,13 +182,11 @@ class LabState:
 
     # ------------------------------------------------------------------ gallery
     def gallery(self) -> Gallery | None:
-        """The held-out split that fits the loaded models (``lab.gallery`` of bundle.json,
-        else the data set the bundle's judge or denoiser was trained on, else the MNIST
-        digits for a 1x28x28 bundle: :func:`engine.bundle_index.data_source`), or None."""
-        from engine.bundle_index import data_source
-
+        """The held-out split that fits the loaded models (the bundle's own dataset, the MNIST digits for a
+        1x28x28 bundle, or ``lab.gallery`` of bundle.json), or None."""
         bundle = self.bundle
-        spec = data_source(bundle.manifest, bundle.image_shape)
+        lab = bundle.manifest.get("lab", {}) if isinstance(bundle.manifest, dict) else {}
+        spec = lab.get("gallery") or bundle.dataset or ("mnist" if bundle.image_shape == (1, 28, 28) else None)
         key = (spec, bundle.image_shape)
         with self._lock:
             if key in self._gallery:

@@ -180,24 +180,6 @@ def writable_bundle_dir(spec: str | Path | None, root: Path | None = None) -> Pa
         return root / str(spec).strip()
 
 
-def data_source(manifest: dict[str, Any] | None, image_shape: tuple[int, ...] | None = None) -> str | None:
-    """The data set a bundle was trained on, for its held-out gallery and measurements:
-    ``lab.gallery`` of bundle.json, else the split source recorded by the judge's (or
-    the denoiser's) training, else ``mnist`` for 1x28x28 models; None when unknown."""
-    manifest = manifest if isinstance(manifest, dict) else {}
-    lab = manifest.get("lab") if isinstance(manifest.get("lab"), dict) else {}
-    if lab.get("gallery"):
-        return str(lab["gallery"])
-    for role in ("judge", "denoiser"):
-        entry = manifest.get(role) if isinstance(manifest.get(role), dict) else {}
-        split = ((entry.get("training") or {}).get("split") or {}) if isinstance(entry.get("training"), dict) else {}
-        if isinstance(split, dict) and split.get("source"):
-            return str(split["source"])
-    if image_shape is not None and tuple(image_shape) == (1, 28, 28):
-        return "mnist"
-    return None
-
-
-__all__ = ["ShippedBundle", "UnknownBundle", "choices_text", "data_source", "default_bundle_dir",
+__all__ = ["MODELS_DIR_ENV", "ShippedBundle", "UnknownBundle", "choices_text", "default_bundle_dir",
            "default_bundle_name", "models_root", "read_index", "resolve_bundle", "shipped_bundles",
            "writable_bundle_dir"]

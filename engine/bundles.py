@@ -285,6 +285,20 @@ class Bundle:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def dataset(self) -> str | None:
+        """The dataset the bundle was trained on, for its held-out split (``engine.data``
+        spec: ``mnist``, ``fashion-mnist``, a folder ...): the manifest's ``data``, else the
+        split source recorded by the denoiser's or the judge's training; None when unknown."""
+        manifest = self.manifest if isinstance(self.manifest, dict) else {}
+        if manifest.get("data"):
+            return str(manifest["data"])
+        for role in ("denoiser", "judge"):
+            split = ((manifest.get(role) or {}).get("training") or {}).get("split") or {}
+            if split.get("source"):
+                return str(split["source"])
+        return None
+
     def diffusion(self, respacing: str | None = None) -> GaussianDiffusion:
         """The process at ``respacing`` (the bundle's default when None)."""
         return create_diffusion(self.diffusion_config.respaced(respacing if respacing is not None

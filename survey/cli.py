@@ -31,7 +31,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .quality import DEFAULT_FAST_MS, ExclusionRules
 
@@ -181,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --from-run: the models, a shipped bundle's name or a folder (default: the run's models "
                         "folder when it still exists, else the default shipped bundle)")
     p.add_argument("--methods", nargs="+", default=None,
-                   help="bundle methods as [label=]guide[:scale] (default: vanilla:0.5 robust:1.0)")
+                   help="bundle methods as column specs, [label=]guide[:scale][/mode=unconditional] (default: the "
+                        "bundle's survey.methods in bundle.json, chosen where the vanilla-vs-robust contrast shows; "
+                        f"{' '.join(FALLBACK_SURVEY_METHODS)} for a bundle without one)")
     p.add_argument("--guide", action="append", default=[], metavar="NAME=PATH",
                    help="with --diffusers-dir: a guide, NAME=PATH (train.classifier model file) or NAME=PRESET:PATH; "
                         "repeatable")
@@ -294,6 +296,27 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+FALLBACK_SURVEY_METHODS = ("vanilla:0.5", "robust:1.0")
+
+
+def bundle_survey_defaults(bundle: Any) -> dict[str, Any]:
+    """The study a bundle recommends (``survey`` in bundle.json: ``methods`` as column
+    specs, optional ``respacing`` and ``sampler``), else the fallback methods."""
+    manifest = getattr(bundle, "manifest", None)
+    section = manifest.get("survey") if isinstance(manifest, dict) else None
+    if not isinstance(section, dict) or not section.get("methods"):
+        return {"methods": list(FALLBACK_SURVEY_METHODS)}
+    methods = section["methods"]
+    if not isinstance(methods, list) or len(methods) < 2 or not all(isinstance(m, str) for m in methods):
+        raise SystemExit("bundle.json survey.methods must be a list of at least two column specs, e.g. "
+                         '["vanilla:16/mode=unconditional", "robust:16/mode=unconditional"]')
+    out: dict[str, Any] = {"methods": methods}
+    for key in ("respacing", "sampler"):
+        if section.get(key) is not None:
+            out[key] = str(section[key])
+    return out
+
+
 def cmd_create(args: argparse.Namespace) -> int:
     from .create import MethodSpec, StudyPlan, create_study, read_class_names, study_counts, units_from_bundle, \
         units_from_folders, units_from_npz
@@ -338,7 +361,10 @@ def cmd_create(args: argparse.Namespace) -> int:
             bundle = load_bundle(args.from_bundle or None)
         bundle.to(device)
         bundle_path = args.diffusers_dir or bundle.source
-        specs = [MethodSpec.parse(m) for m in args.methods or ["vanilla:0.5", "robust:1.0"]]
+        defaults = bundle_survey_defaults(bundle)
+        specs = [MethodSpec.parse(m) for m in args.methods or defaults["methods"]]
+        args.respacing = args.respacing if args.respacing is not None else defaults.get("respacing")
+        args.sampler = args.sampler or defaults.get("sampler")
         n = args.pairs if args.pairs is not None else 200
 
         def progress(done: int, total: int) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from engine.bundle_index import (UnknownBundle, data_source, default_bundle_dir, default_bundle_name, models_root,
+from engine.bundle_index import (UnknownBundle, default_bundle_dir, default_bundle_name, models_root,
                                  resolve_bundle, shipped_bundles, writable_bundle_dir)
 from engine.bundles import BundleError, load_bundle
 
@@ -79,14 +79,6 @@ def test_load_bundle_takes_a_shipped_name_and_refuses_an_unknown_one_listing_the
         load_bundle("no-such-bundle")
     text = str(info.value)
     assert "no-such-bundle" in text and all(b.name in text for b in shipped_bundles())
-
-
-def test_data_source_of_a_bundle():
-    assert data_source({"lab": {"gallery": "fashion-mnist"}}) == "fashion-mnist"
-    assert data_source({"judge": {"training": {"split": {"source": "fashion-mnist"}}}}) == "fashion-mnist"
-    assert data_source({"denoiser": {"training": {"split": {"source": "mnist"}}}}) == "mnist"
-    assert data_source({}, (1, 28, 28)) == "mnist" and data_source({}, (3, 32, 32)) is None
-    assert data_source(load_bundle("mnist").manifest) == "mnist"
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess:

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if bundle.judge is None:
         raise SystemExit("the bundle needs a judge for the sample-quality figures")
     scales = [float(s) for s in args.scales.split(",")]
-    heldout = load_split("mnist", "heldout")
+    heldout = load_split(bundle.dataset or "mnist", "heldout")
     real_images, real_labels = heldout.tensors()
     extractor = JudgeFeatures(bundle.judge)
     real_feats = extract_features(extractor, real_images.split(250))

@@ -89,12 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _data_source(bundle) -> str:
-    judge = bundle.manifest.get("judge") or {}
-    split = (judge.get("training") or {}).get("split") or {}
-    return split.get("source") or "mnist"
-
-
 def _extra_guide(spec: str, device) -> tuple[str, Guide]:
     if "=" not in spec:
         raise SystemExit(f"--guide takes NAME=PATH, got {spec!r}")
@@ -134,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     for a, b in pairs:
         if a not in guides or b not in guides:
             raise SystemExit(f"--paired {a}:{b} names a guide that is not measured; guides: {sorted(guides)}")
-    source = args.data or _data_source(bundle)
+    source = args.data or bundle.dataset or "mnist"
     try:
         data = load_split(source, "heldout", image_size=bundle.image_shape[-1], channels=bundle.image_shape[0])
     except DataError as exc:

@@ -57,7 +57,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / "bundle.json"
     if path.is_file():
         return json.loads(path.read_text())
-    return {"format": BUNDLE_FORMAT, "name": folder.name, "guides": {}}
+    return {"format": BUNDLE_FORMAT, "name": folder.resolve().name, "guides": {}}
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
@@ -80,14 +80,15 @@ def training_record(header: dict[str, Any]) -> dict[str, Any]:
     return {k: meta[k] for k in keys if k in meta}
 
 
-def measure_classifier(path: Path, time_dependent: bool, limit: int | None, steps: int) -> dict[str, Any]:
+def measure_classifier(path: Path, time_dependent: bool, limit: int | None, steps: int,
+                       dataset: str = "mnist") -> dict[str, Any]:
     net, header = load_model_file(path)
     from engine.nets.plain import CleanClassifier
     from engine.diffusion import DiffusionConfig
 
     if not time_dependent:
         net = CleanClassifier(net).eval()
-    data = load_split("mnist", "heldout")
+    data = load_split(dataset, "heldout")
     images, labels = data.tensors()
     if limit:
         images, labels = images[:limit], labels[:limit]
@@ -118,7 +119,7 @@ def measure_samples(folder: Path, n_per_class: int, respacing: str | None) -> di
         res = bundle.sample([unguided()], labels[s:s + 100], seeds[s:s + 100], respacing=respacing)
         images.append(res.images["unguided"])
     samples = torch.cat(images)
-    real = load_split("mnist", "heldout")
+    real = load_split(bundle.dataset or "mnist", "heldout")
     real_images, real_labels = real.tensors()
     extractor = JudgeFeatures(bundle.judge)
     fid = frechet_distance(extract_features(extractor, real_images.split(250)), extract_features(extractor, samples.split(250)))
@@ -144,7 +145,8 @@ def add(args: argparse.Namespace) -> None:
         if header["kind"] != "denoiser":
             raise SystemExit(f"{args.file} is a {header['kind']}, not a denoiser")
         meta = header["meta"]
-        manifest.update({"class_names": meta["class_names"], "null_label": meta.get("null_label"),
+        manifest.update({"data": (meta.get("split") or {}).get("source") or manifest.get("data") or "mnist",
+                         "class_names": meta["class_names"], "null_label": meta.get("null_label"),
                          "diffusion": meta["diffusion"],
                          "default_respacing": meta.get("default_respacing", "100")})
         manifest["denoiser"] = entry
@@ -155,7 +157,8 @@ def add(args: argparse.Namespace) -> None:
         entry.update({"time_dependent": time_dep, "default_scale": args.default_scale,
                       "default_source": args.default_source or ("x_t" if time_dep else "x0_through_denoiser")})
         if not args.skip_measure:
-            entry["figures"] = measure_classifier(folder / filename, time_dep, args.limit, args.attack_steps)
+            entry["figures"] = measure_classifier(folder / filename, time_dep, args.limit, args.attack_steps,
+                                                  manifest.get("data") or "mnist")
         if args.ablation:
             entry["ablation"] = json.loads(Path(args.ablation).read_text())
         manifest["guides"][args.name] = {**manifest["guides"].get(args.name, {}), **entry}
