@@ -204,7 +204,7 @@ def test_browser_switches_bundles_from_the_models_tab(lab):
         pytest.skip(f"{CHROMIUM} is missing (Debian package chromium)")
     from playwright.sync_api import sync_playwright
 
-    from app.screenshots import CHROMIUM_ARGS
+    from app.screenshots import CHROMIUM_ARGS, DONE_JS
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -229,8 +229,10 @@ def test_browser_switches_bundles_from_the_models_tab(lab):
             page.locator("#sample-steps input").fill("2")
             page.locator("#sample-steps input").press("Tab")
             page.click("#sample-run")
+            page.wait_for_function(DONE_JS, arg=["#sample-status", ""], timeout=120000)
+            page.get_by_text("The judge's verdict per image").click()  # the table's accordion
             page.wait_for_function("() => document.querySelector('#sample-verdicts').innerText.includes('agrees')",
-                                   timeout=120000)
+                                   timeout=30000)
             text = page.inner_text("#sample-verdicts")
             assert "zero" not in text  # the class names followed the switch: digits, not words
             assert not errors, errors

@@ -85,12 +85,17 @@ def run_values(record: RunRecord, verdicts: list | None = None) -> list[Any]:
             picture, table]
 
 
-def build(state: LabState, run_id: gr.State) -> ComparePanel:
-    """Lay out the panel (inside the side-by-side tab's result column) and wire the
-    column pickers to the kept run."""
-    verdicts = gr.Dataframe(label="The judge's verdict per image (the bundle's judge never guides; 'agrees' = it "
-                                  "reads the class the column was guided towards)", interactive=False,
+def build_verdicts() -> gr.Dataframe:
+    """The verdict table (laid out where it is called: under the final images)."""
+    with gr.Accordion("The judge's verdict per image", open=False):
+        return gr.Dataframe(label="The bundle's judge never guides; 'agrees' = it reads the class the column was "
+                                  "guided towards (also written under every final image)", interactive=False,
                             elem_id="sample-verdicts", wrap=True)
+
+
+def build(state: LabState, run_id: gr.State, verdicts: gr.Dataframe) -> ComparePanel:
+    """Lay out the difference panel (inside the side-by-side tab's result column) and
+    wire the column pickers to the kept run; ``verdicts`` is :func:`build_verdicts`'s table."""
     with gr.Accordion("Difference of two columns", open=True):
         gr.Markdown(HELP)
         with gr.Row():

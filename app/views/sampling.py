@@ -161,6 +161,8 @@ def build(state: LabState, concurrency: int) -> View:
             with gr.Column(scale=2):
                 final = gr.Image(label="Final images: one row per column, one image per seed", format="png",
                                  interactive=False, elem_id="sample-final")
+                verdicts = compare.build_verdicts()
+                difference = compare.build(state, run_id, verdicts)
                 x0strip = gr.Image(label="Predicted x0 over the steps (Figure 5): rows = seeds, left to right = "
                                          "noise to image", format="png", interactive=False, elem_id="sample-x0")
                 gradstrip = gr.Image(label="Guidance gradient over the steps", format="png", interactive=False,
@@ -176,7 +178,6 @@ def build(state: LabState, concurrency: int) -> View:
                                        column_widths=render.STABILITY_COLUMN_WIDTHS)
                 files = gr.File(label="Downloads: run config, images (.npz, .png), traces (.pt)",
                                 file_count="multiple", interactive=False)
-                panel = compare.build(state, run_id)
 
     outputs = [final, x0strip, gradstrip, logp_plot, stability_plot, summary, files, status, run_id]
 
@@ -196,7 +197,7 @@ def build(state: LabState, concurrency: int) -> View:
                                       frame_count, report)
         except SamplingCancelled as exc:
             gr.Warning(f"Stopped: {exc}")
-            return [gr.skip()] * 7 + [f"Stopped: {exc}.", gr.skip()] + [gr.skip()] * len(panel.run_outputs)
+            return [gr.skip()] * 7 + [f"Stopped: {exc}.", gr.skip()] + [gr.skip()] * len(difference.run_outputs)
         finally:
             state.disarm(session_of(request))
         out = render_record(record, frame_count, signed_value, gradient_kind)
@@ -215,7 +216,7 @@ def build(state: LabState, concurrency: int) -> View:
 
     inputs = [class_dd, seeds, steps, respacing, sampler, eta, table, unconditional, monitors, frames, signed, gradient]
     run_btn.click(arm, None, None, api_visibility="private", queue=False).then(
-        sample, inputs, outputs + panel.run_outputs, api_name="sample", concurrency_id="heavy",
+        sample, inputs, outputs + difference.run_outputs, api_name="sample", concurrency_id="heavy",
         concurrency_limit=concurrency)
     stop_btn.click(stop, None, status, api_name="stop", concurrency_limit=None, queue=False)
     for i, control in enumerate((frames, signed, gradient)):
