@@ -80,3 +80,23 @@ def test_transfer_batch_is_measure_alignment_with_the_bundles_models(tiny_bundle
     assert len(mine.examples[("robust", 40, 3.0)]) == 5
     with pytest.raises(ValueError, match="unknown guide"):
         transfer_batch(tiny_bundle, images, labels, settings, ["nobody"])
+
+
+def test_batch_attack_defaults_follow_the_measured_contrast():
+    """The Targeted PGD batch mode opens at the (t, eps) where the bundle's stored
+    alignment figures show the largest robust - vanilla transfer difference, unless
+    bundle.json's lab.alignment names its own."""
+    from types import SimpleNamespace
+
+    from app.views.attack import batch_defaults
+
+    paired = [{"a": "robust", "b": "vanilla", "t": t, "eps": e, "mean_diff": d, "se_diff": 0.03}
+              for t, e, d in ((0, 4.0, -0.01), (300, 8.0, 0.16), (600, 8.0, 0.09))]
+    manifest = {"guides": {"robust": {"figures": {"alignment": {"settings": {"steps": 7}, "paired": paired}}}}}
+    bundle = SimpleNamespace(manifest=manifest, image_shape=(1, 28, 28), diffusion_config=SimpleNamespace(steps=1000))
+    state = SimpleNamespace(bundle=bundle)
+    assert batch_defaults(state) == {"n": 20, "seed": 0, "steps": 7, "t": 300, "eps": 8.0}
+    manifest["lab"] = {"alignment": {"t": 600, "n": 50}}
+    assert batch_defaults(state) == {"n": 50, "seed": 0, "steps": 7, "t": 600, "eps": 8.0}
+    bundle.manifest = {}  # nothing measured: t = 300 and the paper's radius scaled to 28x28
+    assert batch_defaults(state) == {"n": 20, "seed": 0, "steps": 10, "t": 300, "eps": 12.6}

@@ -70,15 +70,31 @@ MAX_BATCH_IMAGES = 200
 BATCH_DEFAULTS = {"n": 20, "seed": 0, "steps": 10}
 
 
+def measured_contrast(manifest: Any) -> dict[str, Any]:
+    """The (t, eps, steps) at which the bundle's stored alignment figures (``python -m
+    train.alignment --store``: the robust guide's paired rows against vanilla) show the
+    largest robust - vanilla transfer difference; {} when none are stored."""
+    guides = manifest.get("guides", {}) if isinstance(manifest, dict) else {}
+    stored = ((guides.get("robust") or {}).get("figures") or {}).get("alignment") or {}
+    rows = [r for r in stored.get("paired", []) if r.get("b") == "vanilla" and isinstance(r.get("mean_diff"), float)]
+    if not rows:
+        return {}
+    best = max(rows, key=lambda r: r["mean_diff"])
+    steps = (stored.get("settings") or {}).get("steps")
+    return {"t": int(best["t"]), "eps": float(best["eps"]), **({"steps": int(steps)} if steps else {})}
+
+
 def batch_defaults(state: LabState) -> dict[str, Any]:
     """n, seed, steps, timestep t and radius eps of the batch mode: ``lab.alignment`` of
-    bundle.json when it names them, else 20 images, seed 0, PGD-10, t = 300 (where
-    guidance acts; capped to the schedule) and the paper's radius scaled to the image size."""
+    bundle.json when it names them, else where the bundle's stored alignment figures show
+    the largest robust - vanilla contrast (:func:`measured_contrast`), else 20 images,
+    seed 0, PGD-10, t = 300 (where guidance acts; capped to the schedule) and the paper's
+    radius scaled to the image size."""
     bundle = state.bundle
     lab = bundle.manifest.get("lab", {}) if isinstance(bundle.manifest, dict) else {}
     given = lab.get("alignment") if isinstance(lab.get("alignment"), dict) else {}
     values = {**BATCH_DEFAULTS, "t": min(300, bundle.diffusion_config.steps - 1),
-              "eps": scaled_attack_eps(bundle.image_shape)}
+              "eps": scaled_attack_eps(bundle.image_shape), **measured_contrast(bundle.manifest)}
     values.update({k: given[k] for k in ("n", "seed", "steps", "t", "eps") if isinstance(given.get(k), (int, float))})
     return values
 
@@ -169,12 +185,12 @@ def build(state: LabState, concurrency: int) -> View:
                         batch_steps = gr.Number(defaults["steps"], precision=0, label="PGD steps")
                     batch_btn = gr.Button("Run batch", variant="primary", elem_id="batch-run")
                     batch_status = gr.Markdown("", elem_id="batch-status")
-                    batch_table = gr.Dataframe(label="Per guide (%, ± standard error); paired: robust − vanilla per "
-                                                     "image (images where only robust / only vanilla transfers)",
-                                               interactive=False, elem_id="batch-table", wrap=True)
                 with gr.Column(scale=2):
                     batch_plot = gr.Image(label="Success and transfer per guide (± s.e.)", format="png",
                                           interactive=False, elem_id="batch-plot")
+                    batch_table = gr.Dataframe(label="Per guide (%, ± standard error); paired: robust − vanilla per "
+                                                     "image (images where only robust / only vanilla transfers)",
+                                               interactive=False, elem_id="batch-table", wrap=True)
                     batch_grid = gr.Image(label="Originals, attacked images and changes (first images)", format="png",
                                           interactive=False, elem_id="batch-grid")
     wire_picker(state, picker, None, "attack")

@@ -156,7 +156,7 @@ def build(state: LabState) -> View:
             manifest = gr.JSON(manifest_json(state.bundle))
         with gr.Accordion("Load other models", open=not state.bundle.guides):
             gr.Markdown(HELP)
-            folder = gr.Textbox("", label="Bundle folder", placeholder="models/ or /path/to/bundle")
+            folder = gr.Textbox("", label="Bundle folder", placeholder="mnist, models/mnist or /path/to/bundle")
             with gr.Row():
                 preset_set = gr.Dropdown(["", *PRESET_SETS], value="", label="Preset set",
                                          info="optional: names the presets, so paths need no PRESET: prefix")
