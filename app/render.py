@@ -547,7 +547,8 @@ def verdict_caption(verdict: JudgeVerdict, class_names: Sequence[str]) -> str:
     return text if verdict.agrees else f"{text} != {name(verdict.requested)}"
 
 
-def captioned_row(pictures: np.ndarray, captions: Sequence[str], flagged: Sequence[bool], padding: int = 4) -> np.ndarray:
+def captioned_row(pictures: np.ndarray, captions: Sequence[str], flagged: Sequence[bool],
+                  padding: int = 4) -> np.ndarray:
     """(N, H, W, 3) pictures in one row, a caption under each; a flagged picture gets a
     red frame and a red caption, the others a green caption."""
     from PIL import Image, ImageDraw, ImageFont
@@ -581,7 +582,8 @@ def verdict_gallery(result: SampleResult, verdicts: Sequence[JudgeVerdict], clas
         if not found:
             items.append((row(pictures), column_caption(config, accuracies.get(config.name))))
             continue
-        picture = captioned_row(pictures, [verdict_caption(v, class_names) for v in found], [not v.agrees for v in found])
+        captions = [verdict_caption(v, class_names) for v in found]
+        picture = captioned_row(pictures, captions, [not v.agrees for v in found])
         items.append((picture, column_caption(config, accuracies.get(config.name))))
     return items
 

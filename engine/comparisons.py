@@ -64,7 +64,8 @@ def judge_verdicts(judge: nn.Module, result: SampleResult, columns: Sequence[str
         probs = judge_probabilities(judge, result.images[name])
         for i, (seed, label) in enumerate(zip(result.seeds, result.labels)):
             k = int(probs[i].argmax())
-            verdicts.append(JudgeVerdict(name, int(seed), int(label), k, float(probs[i, k]), float(probs[i, int(label)])))
+            verdicts.append(JudgeVerdict(name, int(seed), int(label), k, float(probs[i, k]),
+                                         float(probs[i, int(label)])))
     return verdicts
 
 

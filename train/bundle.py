@@ -22,7 +22,8 @@ Examples::
     python -m train.bundle set --name robust --default-scale 2
     python -m train.bundle set --lab lab_defaults.json
     python -m train.bundle show --markdown
-    python -m train.bundle add --bundle fashion-mnist --role judge --file runs/fm-judge/model.pt  # models/fashion-mnist/
+    python -m train.bundle add --bundle fashion-mnist --role judge --file runs/fm-judge/model.pt
+                                              # a new name builds models/fashion-mnist/
     python -m train.bundle list                                  # the shipped bundles and the default
 
 ``--bundle`` takes a shipped bundle's name (``mnist``) or a folder; the default is the

@@ -64,8 +64,8 @@ BATCH_HELP = ("**Batch: does the attack draw the target?** N held-out images (ba
               "other target class per image (fixed by the seed), every guide attacked with the same targets and noise. "
               "**Transfer** = the bundle's judge (a classifier that never guides) reads the target in the attacked "
               "image (at t > 0: in the denoiser's x0 of the attacked x_t). A perceptually aligned (robust) guide "
-              "transfers more often than a vanilla one; the paired row gives robust − vanilla per image. Same numbers "
-              "as `python -m train.alignment` on the same images and settings.")
+              "transfers more often than a vanilla one; the paired row gives robust − vanilla per image. Same "
+              "numbers as `python -m train.alignment` on the same images and settings.")
 MAX_BATCH_IMAGES = 200
 BATCH_DEFAULTS = {"n": 20, "seed": 0, "steps": 10}
 
