@@ -2,7 +2,8 @@
 
 Examples::
 
-    python -m app                                   # bundled MNIST models, http://127.0.0.1:7860
+    python -m app                                   # the default shipped bundle, http://127.0.0.1:7860
+    python -m app --bundle fashion-mnist            # another shipped bundle, by name (python -m train.bundle list)
     python -m app --bundle /path/to/bundle --port 8000
     python -m app --preset-set imagenet128 --denoiser /ckpt/128x128_diffusion.pt \\
         --guide vanilla=/ckpt/128x128_classifier.pt --guide robust=/ckpt/robust_classifier_128.pt --precision fp16
@@ -80,8 +81,9 @@ def no_models_message(error: str) -> str:
     from engine.bundles import DEFAULT_BUNDLE_DIR
 
     return (f"No models to load: {error}\n\n"
-            f"The bundled MNIST models belong in {DEFAULT_BUNDLE_DIR} (bundle.json + model files) and are not there.\n"
+            f"The default shipped bundle belongs in {DEFAULT_BUNDLE_DIR} (bundle.json + model files) and is not there.\n"
             "Point the lab at models with one of:\n"
+            "  python -m app --bundle NAME                   (a shipped bundle: python -m train.bundle list)\n"
             "  python -m app --bundle /path/to/bundle_folder\n"
             "  python -m app --preset-set imagenet128 --denoiser /ckpt/128x128_diffusion.pt \\\n"
             "      --guide vanilla=/ckpt/128x128_classifier.pt --guide robust=/ckpt/robust_classifier_128.pt\n"

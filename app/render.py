@@ -1,6 +1,6 @@
 """Engine results -> values the UI shows: uint8 pictures with captions, matplotlib
 figures as RGB arrays, and tables. Formatting only; the numbers come from the engine
-(``engine.viz``, ``engine.trace``, ``engine.summaries``).
+(``engine.viz``, ``engine.trace``, ``engine.summaries``, ``engine.comparisons``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import pandas as pd
 import torch
 
 from engine import viz
+from engine.alignment import AlignmentResult
+from engine.comparisons import ColumnDifference, JudgeVerdict
 from engine.probes import AttackRecord, GradientRecord
 from engine.summaries import GRADIENT_PROBLEMS, StabilityRow, evenly_spaced, gradient_problems, perturbation
 from engine.sampler import SampleResult
@@ -529,3 +531,193 @@ def describe_markdown(info: Mapping[str, Any]) -> str:
     judge = info.get("judge_parameters")
     lines.append(f"- judge: {judge:,} parameters" if judge else "- judge: none (no accuracy column)")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ comparisons
+AGREE_COLOUR, DISAGREE_COLOUR = (20, 110, 40), (200, 30, 20)
+
+
+def verdict_caption(verdict: JudgeVerdict, class_names: Sequence[str]) -> str:
+    """'judge: 3 (97%)' or, when the judge reads another class than the one asked for,
+    'judge: 5 (81%) != 3' (ASCII: it is drawn into the picture)."""
+    def name(k: int) -> str:
+        return class_names[k] if k < len(class_names) else str(k)
+
+    text = f"judge: {name(verdict.predicted)} ({verdict.probability:.0%})"
+    return text if verdict.agrees else f"{text} != {name(verdict.requested)}"
+
+
+def captioned_row(pictures: np.ndarray, captions: Sequence[str], flagged: Sequence[bool],
+                  padding: int = 4) -> np.ndarray:
+    """(N, H, W, 3) pictures in one row, a caption under each; a flagged picture gets a
+    red frame and a red caption, the others a green caption."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=11)
+    n, h, w = pictures.shape[:3]
+    cell = max(w, *(int(font.getlength(c)) for c in captions)) + padding if n else w
+    canvas = Image.new("RGB", (n * cell + padding, h + 18 + 2 * padding), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i in range(n):
+        x = padding + i * cell
+        canvas.paste(Image.fromarray(np.ascontiguousarray(pictures[i])), (x, padding))
+        if flagged[i]:
+            draw.rectangle((x - 2, padding - 2, x + w + 1, padding + h + 1), outline=DISAGREE_COLOUR, width=2)
+        draw.text((x, padding + h + 3), captions[i], fill=DISAGREE_COLOUR if flagged[i] else AGREE_COLOUR, font=font)
+    return np.asarray(canvas)
+
+
+def verdict_gallery(result: SampleResult, verdicts: Sequence[JudgeVerdict], class_names: Sequence[str],
+                    accuracies: Mapping[str, float] | None = None) -> list[Caption]:
+    """:func:`final_gallery` with the judge's verdict under every image (red frame and
+    caption where it reads another class than the one asked for)."""
+    accuracies = accuracies or {}
+    by_column: dict[str, list[JudgeVerdict]] = {}
+    for v in verdicts:
+        by_column.setdefault(v.column, []).append(v)
+    items = []
+    for config in result.configs:
+        pictures = show(result.images[config.name])
+        found = by_column.get(config.name)
+        if not found:
+            items.append((row(pictures), column_caption(config, accuracies.get(config.name))))
+            continue
+        captions = [verdict_caption(v, class_names) for v in found]
+        picture = captioned_row(pictures, captions, [not v.agrees for v in found])
+        items.append((picture, column_caption(config, accuracies.get(config.name))))
+    return items
+
+
+def verdict_table(verdicts: Sequence[JudgeVerdict], class_names: Sequence[str]) -> pd.DataFrame:
+    """One row per image: column, seed, the class asked for, the judge's reading and its
+    probability, the judge's probability of the class asked for."""
+    def name(k: int) -> str:
+        return class_names[k] if k < len(class_names) else str(k)
+
+    return pd.DataFrame([{"column": v.column, "seed": v.seed, "asked for": name(v.requested),
+                          "judge reads": name(v.predicted), "p(reading)": round(v.probability, 4),
+                          "p(asked for)": round(v.requested_probability, 4),
+                          "agrees": "yes" if v.agrees else "NO"} for v in verdicts],
+                        columns=["column", "seed", "asked for", "judge reads", "p(reading)", "p(asked for)", "agrees"])
+
+
+def colour_legend(scale: float, left: str, right: str, width: int = 320) -> np.ndarray:
+    """A blue-white-red bar from -scale to +scale with its ticks and what each end means."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=11)
+    bar = viz.signed_colours(torch.linspace(-1, 1, width).reshape(1, 1, 1, width).expand(1, 1, 14, width), 1.0)[0]
+    canvas = Image.new("RGB", (width + 80, 14 + 34), "white")
+    canvas.paste(Image.fromarray(np.ascontiguousarray(bar)), (40, 2))
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle((39, 1, 40 + width, 16), outline=(120, 120, 120))
+    for x, text in ((40, f"-{scale:.2f}"), (40 + width // 2, "0"), (40 + width, f"+{scale:.2f}")):
+        draw.line((x, 16, x, 20), fill=(80, 80, 80))
+        draw.text((x - int(font.getlength(text)) // 2, 20), text, fill=(20, 20, 20), font=font)
+    draw.text((2, 34), left, fill=(40, 60, 200), font=font)
+    draw.text((width + 78 - int(font.getlength(right)), 34), right, fill=(200, 30, 20), font=font)
+    return np.asarray(canvas)
+
+
+def difference_outputs(diff: ColumnDifference) -> tuple[np.ndarray, pd.DataFrame]:
+    """The picture (rows: column A, column B, A - B on one signed colour scale shared by
+    every seed, and its legend) and a table of ||A - B|| per seed."""
+    a_pics, b_pics = show(diff.images_a), show(diff.images_b)
+    scale = diff.scale if diff.scale > 0 else 1.0
+    d_pics = viz.upscale(viz.signed_colours(diff.delta, scale), upscale_factor(diff.delta.shape[-2]))
+    seeds = ", ".join(str(s) for s in diff.seeds)
+    items = [(row(a_pics), f"A = {diff.a} (seeds {seeds})"), (row(b_pics), f"B = {diff.b}"),
+             (row(d_pics), f"A - B, same seed and noise: what guidance alone changed"
+                           + ("" if diff.scale > 0 else " (identical images)")),
+             (colour_legend(diff.scale, f"B brighter ({diff.b})", f"A brighter ({diff.a})"),
+              "colour scale (pixel values span -1..1)")]
+    table = pd.DataFrame([{"seed": s, "‖A − B‖₂": round(l2, 4), "max |A − B|": round(li, 4)}
+                          for s, l2, li in zip(diff.seeds, diff.l2, diff.linf)])
+    return labelled_stack(items), table
+
+
+# ------------------------------------------------------------------------------ batch attack (transfer)
+def transfer_figure(result: AlignmentResult) -> np.ndarray:
+    """Per guide: attack success on itself and transfer to the judge (the perceptual-
+    alignment score), bars with ± one binomial standard error."""
+    rows = result.summaries()
+    s = result.settings
+    fig, (ax,) = _new_figure(1, width=max(4.0, 1.3 * len(rows) + 2.0), height=3.4)
+    x = np.arange(len(rows))
+    colors = _colors(2)
+    for k, (key, label) in enumerate((("success", "success on the attacked guide"),
+                                      ("transfer", "transfer: the judge reads the target"))):
+        values = [100 * r[key] for r in rows]
+        errors = [100 * r[f"{key}_se"] for r in rows]
+        bars = ax.bar(x + (k - 0.5) * 0.38, values, 0.36, yerr=errors, capsize=4, color=colors[k], label=label,
+                      alpha=0.55 if key == "success" else 0.95)
+        if key == "transfer":
+            for bar, v, e in zip(bars, values, errors):
+                ax.annotate(f"{v:.0f} ± {e:.0f}", (bar.get_x() + bar.get_width() / 2, min(v + e, 100)),
+                            ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+    ax.set_xticks(x, [r["guide"] for r in rows])
+    ax.set_ylim(0, 112)
+    ax.set_ylabel("% of images (± s.e.)")
+    ax.set_title(f"targeted {s.norm.upper()} PGD-{s.steps}, eps {s.radii[0]:g}, t = {s.timesteps[0]}, "
+                 f"n = {len(result.labels)}", fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    _figure_legend(fig, [ax])
+    return figure_array(fig)
+
+
+def transfer_table(result: AlignmentResult, pairs: Sequence[tuple[str, str]] = ()) -> pd.DataFrame:
+    """Per guide the rates (%, ± standard error); then each pair's paired transfer
+    difference (points ± standard error, images where only A / only B transfers)."""
+    out = []
+    for r in result.summaries():
+        out.append({"guide": r["guide"], "transfer %": _round(100 * r["transfer"], 1),
+                    "± s.e.": _round(100 * r["transfer_se"], 1), "success %": _round(100 * r["success"], 1),
+                    "transfer among successes %": _round(100 * r["transfer_among_successes"], 1),
+                    "judge still reads the original %": _round(100 * r["kept"], 1), "images": r["n"]})
+    for a, b in pairs:
+        for p in result.paired(a, b):
+            out.append({"guide": f"{a} − {b} (paired)", "transfer %": _round(100 * p["mean_diff"], 1),
+                        "± s.e.": _round(100 * p["se_diff"], 1), "success %": None,
+                        "transfer among successes %": None, "judge still reads the original %": None,
+                        "images": f"{p['wins_diff']} / {p['losses_diff']}"})
+    return pd.DataFrame(out)
+
+
+def transfer_grid(result: AlignmentResult, class_names: Sequence[str]) -> np.ndarray:
+    """Rows = the first images: the graded original (x at t = 0, the denoiser's x0 of x_t
+    at t > 0), then per guide the graded attacked image (caption: what the judge reads)
+    and the change attacked − original on one signed colour scale shared by the grid."""
+    t, eps = result.settings.timesteps[0], result.settings.radii[0]
+    guides = list(dict.fromkeys(c.guide for c in result.cells))
+    originals = result.originals[t]
+    k = len(originals)
+    if k == 0:
+        return labelled_grid([], [], [])
+    changes = {g: result.examples[(g, t, eps)][:k] - originals for g in guides}
+    scale = max([float(d.abs().max()) for d in changes.values()] + [1e-6])
+
+    def name(i: int) -> str:
+        return class_names[i] if i < len(class_names) else str(i)
+
+    factor = upscale_factor(originals.shape[-2], DISPLAY_PIXELS * 2 // 3)
+    cells, row_labels, captions = [], [], []
+    orig_pics = viz.upscale(viz.to_rgb(viz.images_to_uint8(originals)), factor)
+    for i in range(k):
+        y, target = int(result.labels[i]), int(result.targets[i])
+        row_cells, row_caps = [orig_pics[i]], [f"class {name(y)}"]
+        for g in guides:
+            cell = result.cell(g, t, eps)
+            attacked = viz.upscale(viz.to_rgb(viz.images_to_uint8(result.examples[(g, t, eps)][i:i + 1])), factor)[0]
+            change = viz.upscale(viz.signed_colours(changes[g][i:i + 1], scale), factor)[0]
+            reads = "-> target" if bool(cell.transfer[i]) else ("stays" if bool(cell.kept[i]) else "other")
+            row_cells += [attacked, change]
+            row_caps += [f"judge: {reads}", ""]
+        cells.append(row_cells)
+        row_labels.append(f"{name(y)} -> {name(target)}")
+        captions.append(row_caps)
+    what = "x" if t == 0 else "x0 of x_t"
+    header = [f"original ({what})"] + [h for g in guides for h in (f"{g}: attacked", f"{g}: change")]
+    grid = labelled_grid(cells, header, row_labels, captions)
+    legend = colour_legend(scale, "darker after the attack", "brighter after the attack")
+    return labelled_stack([(grid, f"first {k} of {len(result.labels)} images; rows: class -> target (t = {t}, "
+                                  f"eps {eps:g})"), (legend, "change: attacked - original (shared colour scale)")])

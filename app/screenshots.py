@@ -1,11 +1,12 @@
 """Screenshots of every lab view for the README, taken with headless Chromium.
 
     python -m app.screenshots --out app/screenshots                 # the bundled models
-    python -m app.screenshots --out /tmp/shots --bundle /path/to/bundle --steps 5
+    python -m app.screenshots --out /tmp/shots --bundle fashion-mnist --steps 5   # or a bundle folder
 
 Starts ``python -m app`` on a free port (survey off), opens each tab, runs its action
 with the defaults (fewer steps with ``--steps``), waits for the results and saves
-``sampling.png``, ``inspector.png``, ``attack.png``, ``stability.png``, ``models.png``.
+``sampling.png``, ``inspector.png``, ``attack.png``, ``attack-batch.png`` (the batch
+mode), ``stability.png``, ``models.png``.
 """
 
 from __future__ import annotations
@@ -118,6 +119,10 @@ def take(url: str, out: Path, steps: int | None, timeout_s: int) -> list[Path]:
         run_and_wait(page, "#attack-run", "#attack-status", "#attack-gallery", ms)
         saved.append(out / "attack.png")
         page.screenshot(path=saved[-1], full_page=True)
+        run_and_wait(page, "#batch-run", "#batch-status", "#batch-grid", ms)
+        saved.append(out / "attack-batch.png")
+        page.locator("#batch-run").scroll_into_view_if_needed()
+        page.screenshot(path=saved[-1], full_page=True)
 
         open_tab(page, "Stability")
         if steps is not None:
@@ -139,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.screenshots", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "app" / "screenshots", help="folder for the PNG files")
-    parser.add_argument("--bundle", default=None, help="a bundle folder (default: the bundled models)")
+    parser.add_argument("--bundle", default=None,
+                        help="a shipped bundle's name or a bundle folder (default: the default shipped bundle)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps for the runs (default: the lab's)")
     parser.add_argument("--url", default=None, help="use a lab already running at this URL instead of starting one")
     parser.add_argument("--timeout", type=int, default=600, help="seconds to wait for each view (default 600)")

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from .bundle_index import UnknownBundle, default_bundle_dir, resolve_bundle
 from .checkpoints import BundleError, load_model_file, load_published
 from .columns import GuidanceSpec
 from .diffusion import DiffusionConfig, GaussianDiffusion, create_diffusion
@@ -39,20 +40,11 @@ BUNDLE_FORMAT = "rcg-bundle-v1"
 
 
 def bundled_models_dir() -> Path:
-    """The bundled MNIST models: ``models/`` of the checkout this code runs from, else the
-    copy ``pip install`` put beside the packages (the data package ``rcg_models``), so
-    the default works from any folder. When neither holds a bundle.json, the checkout
-    path (where ``python -m train.bundle`` writes one)."""
-    checkout = Path(__file__).resolve().parent.parent / "models"
-    if (checkout / "bundle.json").is_file():
-        return checkout
-    import importlib.util
-
-    spec = importlib.util.find_spec("rcg_models")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        if (Path(location) / "bundle.json").is_file():
-            return Path(location).resolve()
-    return checkout
+    """The default shipped bundle's folder, ``models/<default>`` (see
+    :mod:`engine.bundle_index`: ``models/index.json`` names it), in the checkout this
+    code runs from, else in the copy ``pip install`` put beside the packages (the data
+    package ``rcg_models``), so the default works from any folder."""
+    return default_bundle_dir()
 
 
 DEFAULT_BUNDLE_DIR = bundled_models_dir()
@@ -95,6 +87,20 @@ class Bundle:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def dataset(self) -> str | None:
+        """The dataset the bundle was trained on, for its held-out split (``engine.data``
+        spec: ``mnist``, ``fashion-mnist``, a folder ...): the manifest's ``data``, else the
+        split source recorded by the denoiser's or the judge's training; None when unknown."""
+        manifest = self.manifest if isinstance(self.manifest, dict) else {}
+        if manifest.get("data"):
+            return str(manifest["data"])
+        for role in ("denoiser", "judge"):
+            split = ((manifest.get(role) or {}).get("training") or {}).get("split") or {}
+            if split.get("source"):
+                return str(split["source"])
+        return None
 
     def diffusion(self, respacing: str | None = None) -> GaussianDiffusion:
         """The process at ``respacing`` (the bundle's default when None)."""
@@ -176,9 +182,13 @@ class Bundle:
 
 
 def load_bundle(path: str | Path | None = None, device: str | torch.device = "cpu") -> Bundle:
-    """Read a bundle folder (``bundle.json`` beside its model files); the default is the
-    project's MNIST bundle in ``models/``."""
-    root = Path(path).expanduser() if path is not None else DEFAULT_BUNDLE_DIR
+    """Read a bundle folder (``bundle.json`` beside its model files), given by path or by
+    the name of a shipped bundle (``"mnist"``); the default is the default shipped
+    bundle (:func:`engine.bundle_index.default_bundle_dir`)."""
+    try:
+        root = Path(resolve_bundle(path)).expanduser() if path is not None else DEFAULT_BUNDLE_DIR
+    except UnknownBundle as exc:
+        raise BundleError(str(exc)) from None
     manifest_path = root / "bundle.json" if root.is_dir() else root
     if not manifest_path.is_file():
         raise BundleError(f"no bundle at {root}: expected a folder with bundle.json (see README, 'Model bundle')")

@@ -8,10 +8,12 @@ models the same way. :func:`engine.model_specs.open_models` opens what they name
 
 from __future__ import annotations
 
-MODEL_OPTIONS_TITLE = "models (default: the bundled MNIST models in models/)"
+MODEL_OPTIONS_TITLE = "models (default: the default shipped bundle, models/index.json)"
 
 MODEL_OPTIONS: tuple[tuple[str, dict], ...] = (
-    ("--bundle", {"default": None, "help": "a bundle folder (bundle.json + model files)"}),
+    ("--bundle", {"default": None, "metavar": "NAME|PATH",
+                  "help": "a shipped bundle's name (mnist, fashion-mnist, ...: python -m train.bundle list) or a "
+                          "bundle folder (bundle.json + model files)"}),
     ("--denoiser", {"default": None, "help": "PRESET:PATH of a published denoiser (or PATH with --preset-set)"}),
     ("--guide", {"action": "append", "default": [],
                  "help": "NAME=PRESET:PATH of a published classifier (or NAME=PATH with --preset-set); repeatable"}),

@@ -6,7 +6,9 @@ timesteps, and a targeted attack against each guide.
   guide's grad_{x_t} log p(y | x_t, t) and prediction (Kawar et al., Figure 3).
 - :func:`targeted_attack`: targeted PGD that maximises log p(target | x_t, t) for each
   guide, from the same start (Kawar et al., Figure 4: t = 0, L2 eps 100, 7 steps);
-  :func:`scaled_attack_eps`: that radius for images of another size.
+  :func:`scaled_attack_eps`: that radius for images of another size;
+- :func:`transfer_batch`: the same attack on a batch of held-out images with random
+  targets, graded by the bundle's judge (:mod:`engine.alignment`'s instrument).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Sequence
 
 import torch
 
+from .alignment import AlignmentResult, AlignmentSettings, ProgressFn, measure_alignment
 from .attacks import pgd
 from .bundles import Bundle
 from .guidance import classifier_gradient
@@ -148,3 +151,27 @@ def targeted_attack(bundle: Bundle, image: torch.Tensor, target: int, *, norm: s
         records.append(AttackRecord(name, t, start[0].cpu(), res.x_adv[0].cpu(), before, float(probs[target]),
                                     int(probs.argmax()), int(res.steps_used[0])))
     return records
+
+
+def transfer_batch(bundle: Bundle, images: torch.Tensor, labels: torch.Tensor, settings: AlignmentSettings,
+                   guides: Sequence[str] | None = None, keep_examples: int = 8, batch_size: int = 100,
+                   progress: ProgressFn | None = None) -> AlignmentResult:
+    """Targeted-attack transfer of a bundle's guides on a batch of held-out images
+    (Kawar et al. Figure 4 as a measurement): :func:`engine.alignment.measure_alignment`
+    with the bundle's judge, diffusion process (unrespaced), denoiser and null label, so
+    every number equals the instrument's (``python -m train.alignment``) on the same
+    images and settings. Per image a random other target class (fixed by
+    ``settings.seed``); at t > 0 x_t is attacked and the judge reads the denoiser's x0."""
+    if bundle.judge is None:
+        raise ValueError("these models have no judge: transfer needs an independent classifier that never guides "
+                         "(a bundle with a judge, e.g. a shipped one)")
+    names = list(guides) if guides is not None else list(bundle.guides)
+    unknown = [g for g in names if g not in bundle.guides]
+    if unknown:
+        raise ValueError(f"unknown guide(s) {unknown}; this bundle has {sorted(bundle.guides)}")
+    images = _check_image(bundle, images)
+    return measure_alignment({n: bundle.guides[n] for n in names}, bundle.judge, images.cpu(), labels.long().cpu(),
+                             settings, diffusion=bundle.diffusion(""), denoiser=bundle.denoiser,
+                             null_label=bundle.null_label, num_classes=bundle.num_classes,
+                             batch_size=batch_size, keep_examples=keep_examples, device=bundle.device,
+                             progress=progress)

@@ -3,7 +3,7 @@
 - images in [-1, 1] -> uint8 HWC;
 - gradient maps as in Kawar et al.'s Figure 3: per image, min-max normalised over all
   pixels and channels, (g - min) / (max - min); or signed: 0 maps to white, +max|g| to
-  red and -max|g| to blue;
+  red and -max|g| to blue; signed values on one shared scale (:func:`signed_colours`);
 - grids with padding, nearest-neighbour upscaling for small images, PNG writing.
 """
 
@@ -44,6 +44,18 @@ def gradient_maps(grads: torch.Tensor, signed: bool = False, eps: float = 1e-12)
     if norm.shape[1] == 1:
         norm = norm.expand(-1, 3, -1, -1)
     return (norm.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+
+def signed_colours(values: torch.Tensor, scale: float, eps: float = 1e-12) -> np.ndarray:
+    """(N, C, H, W) signed values -> (N, H, W, 3) uint8 on one fixed blue-white-red scale:
+    v = mean over channels, clipped to [-scale, scale]; 0 is white, +scale red, -scale
+    blue. Unlike the signed :func:`gradient_maps` the scale is shared by every image, so
+    colours compare across images (e.g. a difference of two images, ``scale`` = its max |d|)."""
+    v = torch.nan_to_num(values.detach().float().cpu(), nan=0.0).mean(dim=1)
+    v = (v / max(float(scale), eps)).clamp(-1, 1).numpy()
+    pos, neg = np.clip(v, 0, 1), np.clip(-v, 0, 1)
+    rgb = np.stack([1 - neg, 1 - pos - neg, 1 - pos], axis=-1)
+    return (rgb * 255).round().astype(np.uint8)
 
 
 def to_rgb(images: np.ndarray) -> np.ndarray:

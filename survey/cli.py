@@ -31,7 +31,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .quality import DEFAULT_FAST_MS, ExclusionRules
 
@@ -163,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(p, media=True)
     p.add_argument("--name", required=True, help="study name (unique in the database)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--from-bundle", nargs="?", const="", metavar="BUNDLE_DIR",
-                     help="generate with a bundle (default: the project's models/)")
+    src.add_argument("--from-bundle", nargs="?", const="", metavar="BUNDLE",
+                     help="generate with a bundle: a shipped bundle's name (mnist, ...) or a bundle folder (default: "
+                          "the default shipped bundle, see models/index.json)")
     src.add_argument("--diffusers-dir", default=None, metavar="PATH",
                      help="generate with a local diffusers pipeline folder and the --guide networks")
     src.add_argument("--from-npz", nargs=2, type=Path, metavar=("A.npz", "B.npz"),
@@ -176,11 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "steps and models, fresh seeds")
     p.add_argument("--columns", nargs="+", metavar="NAME",
                    help="with --from-run: the run's columns to compare (default: all, at least two)")
-    p.add_argument("--bundle", default=None, metavar="BUNDLE_DIR",
-                   help="with --from-run: the models (default: the run's models folder when it still exists, else "
-                        "the project's models/)")
+    p.add_argument("--bundle", default=None, metavar="BUNDLE",
+                   help="with --from-run: the models, a shipped bundle's name or a folder (default: the run's models "
+                        "folder when it still exists, else the default shipped bundle)")
     p.add_argument("--methods", nargs="+", default=None,
-                   help="bundle methods as [label=]guide[:scale] (default: vanilla:0.5 robust:1.0)")
+                   help="bundle methods as column specs, [label=]guide[:scale][/mode=unconditional] (default: the "
+                        "bundle's survey.methods in bundle.json, chosen where the vanilla-vs-robust contrast shows; "
+                        f"{' '.join(FALLBACK_SURVEY_METHODS)} for a bundle without one)")
     p.add_argument("--guide", action="append", default=[], metavar="NAME=PATH",
                    help="with --diffusers-dir: a guide, NAME=PATH (train.classifier model file) or NAME=PRESET:PATH; "
                         "repeatable")
@@ -293,6 +296,27 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+FALLBACK_SURVEY_METHODS = ("vanilla:0.5", "robust:1.0")
+
+
+def bundle_survey_defaults(bundle: Any) -> dict[str, Any]:
+    """The study a bundle recommends (``survey`` in bundle.json: ``methods`` as column
+    specs, optional ``respacing`` and ``sampler``), else the fallback methods."""
+    manifest = getattr(bundle, "manifest", None)
+    section = manifest.get("survey") if isinstance(manifest, dict) else None
+    if not isinstance(section, dict) or not section.get("methods"):
+        return {"methods": list(FALLBACK_SURVEY_METHODS)}
+    methods = section["methods"]
+    if not isinstance(methods, list) or len(methods) < 2 or not all(isinstance(m, str) for m in methods):
+        raise SystemExit("bundle.json survey.methods must be a list of at least two column specs, e.g. "
+                         '["vanilla:16/mode=unconditional", "robust:16/mode=unconditional"]')
+    out: dict[str, Any] = {"methods": methods}
+    for key in ("respacing", "sampler"):
+        if section.get(key) is not None:
+            out[key] = str(section[key])
+    return out
+
+
 def cmd_create(args: argparse.Namespace) -> int:
     from .create import MethodSpec, StudyPlan, create_study, read_class_names, units_from_bundle, units_from_folders, \
         units_from_npz
@@ -338,8 +362,11 @@ def cmd_create(args: argparse.Namespace) -> int:
         else:
             bundle = load_bundle(args.from_bundle or None)
         bundle.to(device)
-        bundle_path = args.diffusers_dir or args.from_bundle or "models/"
-        specs = [MethodSpec.parse(m) for m in args.methods or ["vanilla:0.5", "robust:1.0"]]
+        bundle_path = args.diffusers_dir or bundle.source
+        defaults = bundle_survey_defaults(bundle)
+        specs = [MethodSpec.parse(m) for m in args.methods or defaults["methods"]]
+        args.respacing = args.respacing if args.respacing is not None else defaults.get("respacing")
+        args.sampler = args.sampler or defaults.get("sampler")
         n = args.pairs if args.pairs is not None else 200
         units = units_from_bundle(bundle, specs, n, args.seed, respacing=args.respacing, sampler=args.sampler or "ddpm",
                                   batch_size=args.batch_size, bundle_path=bundle_path,

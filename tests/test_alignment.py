@@ -29,7 +29,7 @@ from engine.nets.flags import classifier_kwargs
 
 @pytest.fixture(scope="module")
 def shipped():
-    return load_bundle()
+    return load_bundle("mnist")  # the MNIST held-out digits below fit it
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +137,8 @@ def _cli(*args, cwd=ROOT):
 
 def test_cli_json_outputs_and_store_in_a_bundle_copy(tmp_path):
     bundle = tmp_path / "bundle"
-    shutil.copytree(ROOT / "models", bundle)
-    shipped_manifest = (ROOT / "models" / "bundle.json").read_text()
+    shutil.copytree(ROOT / "models" / "mnist", bundle)
+    shipped_manifest = (ROOT / "models" / "mnist" / "bundle.json").read_text()
     out = tmp_path / "out"
     proc = _cli("--bundle", str(bundle), "--guides", "vanilla,robust", "--n", "20", "--timesteps", "0,200",
                 "--radii", "6", "--steps", "3", "--json", "--out", str(out), "--store")
@@ -154,7 +154,7 @@ def test_cli_json_outputs_and_store_in_a_bundle_copy(tmp_path):
     assert stored["cells"] == [c for c in payload["cells"] if c["guide"] == "robust"]
     # a guide that was not measured keeps what it had
     assert manifest["guides"]["nonrobust"] == json.loads(shipped_manifest)["guides"]["nonrobust"]
-    assert (ROOT / "models" / "bundle.json").read_text() == shipped_manifest  # only the copy changed
+    assert (ROOT / "models" / "mnist" / "bundle.json").read_text() == shipped_manifest  # only the copy changed
 
 
 @pytest.mark.parametrize("args, message", [

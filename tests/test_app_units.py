@@ -598,14 +598,16 @@ def test_three_way_comparison_runs_in_the_lab_on_the_bundled_models(tmp_path):
     from app.state import LabState
     from app.views.sampling import render_record, run_side_by_side
     from app.views.stability import ALL_CLASSES, stability_run
-    from engine.bundles import DEFAULT_BUNDLE_DIR, load_bundle
+    from engine.bundle_index import models_root
+    from engine.bundles import load_bundle
 
-    manifest = DEFAULT_BUNDLE_DIR / "bundle.json"
+    folder = models_root() / "mnist"
+    manifest = folder / "bundle.json"
     guides = set(json.loads(manifest.read_text()).get("guides", {})) if manifest.is_file() else set()
     missing = sorted({"vanilla", "robust", "nonrobust"} - guides)
     if missing:
-        pytest.skip(f"the bundled models in {DEFAULT_BUNDLE_DIR} lack the guides {missing}")
-    bundle = load_bundle(DEFAULT_BUNDLE_DIR)
+        pytest.skip(f"the bundled models in {folder} lack the guides {missing}")
+    bundle = load_bundle(folder)
     state = LabState(bundle, run_dir=tmp_path)
     record = run_side_by_side(state, "test", "3", "0-1", 4, "", "DDPM", 0.0, cols.preset_table(bundle, "gradcheck"),
                               False, ["vanilla", "robust"], 2)

@@ -1,4 +1,4 @@
-"""The shipped MNIST bundle: it loads through the engine, its manifest carries the
+"""The shipped MNIST bundle (``models/mnist/``): it loads through the engine, its manifest carries the
 figures the README quotes, and the three guides work (including guidance through the
 predicted x0 for the non-robust guide)."""
 
@@ -9,20 +9,23 @@ import json
 import pytest
 import torch
 
-from engine.bundles import DEFAULT_BUNDLE_DIR, load_bundle
+from engine.bundle_index import models_root
+from engine.bundles import load_bundle
+
+MNIST_DIR = models_root() / "mnist"  # the MNIST bundle, whichever bundle is the default
 from engine.guidance import unguided
 from engine.trace import TraceOptions
 
 
 @pytest.fixture(scope="module")
 def bundle():
-    return load_bundle()
+    return load_bundle("mnist")
 
 
 def test_bundle_is_small_and_complete():
-    files = [p for p in DEFAULT_BUNDLE_DIR.iterdir() if p.is_file()]
+    files = [p for p in models_root().rglob("*") if p.is_file()]  # every shipped bundle together
     assert sum(p.stat().st_size for p in files) < 25 * 2**20
-    manifest = json.loads((DEFAULT_BUNDLE_DIR / "bundle.json").read_text())
+    manifest = json.loads((MNIST_DIR / "bundle.json").read_text())
     assert set(manifest["guides"]) >= {"vanilla", "robust", "nonrobust"}
     for entry in [manifest["denoiser"], manifest["judge"], *manifest["guides"].values()]:
         training = entry["training"]
@@ -33,7 +36,7 @@ def test_bundle_is_small_and_complete():
 
 
 def test_manifest_figures_show_the_paper_point():
-    manifest = json.loads((DEFAULT_BUNDLE_DIR / "bundle.json").read_text())
+    manifest = json.loads((MNIST_DIR / "bundle.json").read_text())
     vanilla = manifest["guides"]["vanilla"]["figures"]["held_out_accuracy_l2_pgd"]
     robust = manifest["guides"]["robust"]["figures"]["held_out_accuracy_l2_pgd"]
     # robust beats vanilla under attack by a wide margin (10 points = 5 standard errors at
@@ -92,7 +95,7 @@ def test_manifest_alignment_figures_show_the_mechanism_where_guidance_acts():
     """python -m train.alignment --store wrote these (README, Perceptual alignment): on
     noisy x_t the robust guide's targeted attacks transfer to the judge far more often
     than the vanilla guide's."""
-    manifest = json.loads((DEFAULT_BUNDLE_DIR / "bundle.json").read_text())
+    manifest = json.loads((MNIST_DIR / "bundle.json").read_text())
     stored = manifest["guides"]["robust"]["figures"]["alignment"]
     assert stored["n"] >= 200 and stored["command"].startswith("python -m train.alignment")
     row = next(p for p in stored["paired"] if p["b"] == "vanilla" and p["t"] == 300 and p["eps"] == 8.0)

@@ -230,3 +230,22 @@ def test_the_lab_command_line_explains_a_broken_model_file(tmp_path, tiny_bundle
         main(["--bundle", str(folder), "--port", "1", "--no-survey"])
     text = str(info.value)
     assert "Cannot load the models" in text and "vanilla.pt" in text and "extra (str)" in text
+
+
+def test_bundle_dataset_comes_from_the_manifest_or_the_training_record(tiny_bundle):
+    """The held-out split every command scores against follows the bundle's own data:
+    the manifest's ``data`` first, else the split its denoiser (or judge) was trained on."""
+    manifest = tiny_bundle.manifest
+    saved = json.loads(json.dumps(manifest))
+    try:
+        manifest.clear()
+        assert tiny_bundle.dataset is None
+        manifest["judge"] = {"training": {"split": {"source": "fashion-mnist"}}}
+        assert tiny_bundle.dataset == "fashion-mnist"
+        manifest["denoiser"] = {"training": {"split": {"source": "mnist"}}}
+        assert tiny_bundle.dataset == "mnist"
+        manifest["data"] = "some/folder"
+        assert tiny_bundle.dataset == "some/folder"
+    finally:
+        manifest.clear()
+        manifest.update(saved)

@@ -53,6 +53,14 @@ def test_every_module_and_data_file_is_in_the_package_list():
     folders = {str(p.parent.relative_to(ROOT)).replace("/", ".") for name in PACKAGES
                for p in (ROOT / name).rglob("*.py") if "__pycache__" not in p.parts}
     assert folders <= listed, f"add {sorted(folders - listed)} to [tool.setuptools] packages in pyproject.toml"
+    # every shipped bundle's files (models/NAME/bundle.json + weights) and models/index.json are package data
+    patterns = PYPROJECT["tool"]["setuptools"]["package-data"]["rcg_models"]
+    shipped = [p.relative_to(ROOT / "models") for p in (ROOT / "models").rglob("*") if p.is_file()
+               and "__pycache__" not in p.parts]
+    assert Path("index.json") in shipped and Path("mnist", "bundle.json") in shipped
+    unmatched = [str(p) for p in shipped if not any(p.match(pattern) and len(p.parts) == len(Path(pattern).parts)
+                                                   for pattern in patterns)]
+    assert not unmatched, f"add patterns for {unmatched} to [tool.setuptools.package-data] rcg_models"
 
 
 def _tracked_copy(dest: Path) -> None:
@@ -92,6 +100,8 @@ def test_installed_commands_work_from_any_folder(tmp_path):
                 "print(engine.__file__, survey.__file__, app.__file__, train.__file__, b.DEFAULT_BUNDLE_DIR)")
     for path in where.split():
         assert Path(path).resolve().is_relative_to(site.resolve()), where  # the installed copy, not the checkout
+    listed = run(str(venv / "bin" / "rcg-train"), "bundle", "list")  # models/index.json and models/mnist/ came along
+    assert "* mnist" in listed and str(site.resolve() / "rcg_models" / "mnist") in listed, listed
     for command in ("rcg-lab", "rcg-survey", "rcg-train"):
         assert "usage:" in run(str(venv / "bin" / command), "--help").lower()
     assert "usage:" in run(str(venv / "bin" / "rcg-train"), "sample", "--help")

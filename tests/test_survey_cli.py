@@ -271,3 +271,38 @@ def test_no_example_or_help_puts_a_password_on_the_command_line(capsys):
     for line in commands:
         assert not re.search(r"--(admin|lab)-password", line), line
         assert "SURVEY_ADMIN_PASSWORD=" not in line, line
+
+
+def test_a_bundle_study_defaults_to_the_bundles_survey_section(tmp_path, tiny_bundle_dir, capsys):
+    """Without --methods, `create --from-bundle` compares what the bundle's manifest names
+    (``survey.methods``, chosen where the vanilla-vs-robust contrast shows), in its mode and
+    at its steps; a malformed section is refused with what to write."""
+    import shutil
+
+    from survey.create import find_study
+    from survey.db import open_db
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle_dir, folder)
+    manifest = json.loads((folder / "bundle.json").read_text())
+    manifest["survey"] = {"methods": ["v=vanilla:3/mode=unconditional", "r=robust:3/mode=unconditional"],
+                          "respacing": "5"}
+    (folder / "bundle.json").write_text(json.dumps(manifest))
+    db = tmp_path / "s.db"
+    assert run("init", "--db", db) == 0
+    assert run("create", "--db", db, "--name", "dflt", "--from-bundle", folder, "--pairs", "2", "--per-rater", "2",
+               "--device", "cpu") == 0
+    study = find_study(open_db(str(db)), "dflt")
+    assert study.methods == ["v", "r"]
+    with open_db(str(db)).session() as session:
+        from sqlalchemy import select
+
+        from survey.models import Image
+        config = session.scalars(select(Image.config).limit(1)).one()
+    assert config["guidance"]["denoiser_mode"] == "unconditional" and config["guidance"]["scale"] == 3.0
+    assert config["run"]["respacing"] == "5"
+
+    manifest["survey"] = {"methods": ["vanilla:1"]}
+    (folder / "bundle.json").write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit, match="at least two column specs"):
+        run("create", "--db", db, "--name", "bad", "--from-bundle", folder, "--pairs", "2", "--device", "cpu")

@@ -2,7 +2,7 @@
 for the training and evaluation commands; each is also ``python -m train.COMMAND``.
 
     rcg-train classifier --help
-    rcg-train evaluate --bundle models/ --methods vanilla:0.5 robust:1.0
+    rcg-train evaluate --bundle mnist --methods vanilla:0.5 robust:1.0
 """
 
 from __future__ import annotations

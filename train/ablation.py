@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from engine.bundles import GuideInfo, load_bundle
-from engine.checkpoints import load_model_file
+from engine.checkpoints import BundleError, load_model_file
 from engine.guidance import Guide
 from engine.data import load_split
 from engine.metrics import JudgeFeatures, class_accuracy, extract_features, frechet_distance
@@ -36,18 +36,23 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.ablation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", type=Path, help="classifier model files")
-    p.add_argument("--bundle", default=None, help="bundle with the denoiser and judge (default: models/)")
+    p.add_argument("--bundle", default=None, metavar="NAME|PATH",
+                   help="bundle with the denoiser and judge: a shipped bundle's name or a folder (default: the default "
+                        "shipped bundle)")
     p.add_argument("--out", type=Path, required=True, help="JSON record to write")
     p.add_argument("--scales", default="1,2", help="guidance scales (default: 1,2)")
     p.add_argument("--per-class", type=int, default=20, help="guided samples per class (default: 20)")
     p.add_argument("--respacing", default="50", help="sampling steps (default: 50)")
     p.add_argument("--limit", type=int, default=500, help="held-out images for the PGD figures (default: 500)")
     args = p.parse_args(argv)
-    bundle = load_bundle(args.bundle)
+    try:
+        bundle = load_bundle(args.bundle)
+    except BundleError as exc:
+        raise SystemExit(str(exc)) from None
     if bundle.judge is None:
         raise SystemExit("the bundle needs a judge for the sample-quality figures")
     scales = [float(s) for s in args.scales.split(",")]
-    heldout = load_split("mnist", "heldout")
+    heldout = load_split(bundle.dataset or "mnist", "heldout")
     real_images, real_labels = heldout.tensors()
     extractor = JudgeFeatures(bundle.judge)
     real_feats = extract_features(extractor, real_images.split(250))

@@ -60,7 +60,8 @@ def _pair(text: str) -> tuple[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.alignment", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: the bundled models/)")
+    p.add_argument("--bundle", default=None, metavar="NAME|PATH",
+                   help="a shipped bundle's name (mnist, ...) or a bundle folder (default: the default shipped bundle)")
     p.add_argument("--guides", default=None, help="comma-separated guides of the bundle (default: all)")
     p.add_argument("--guide", action="append", default=[], metavar="NAME=PATH",
                    help="add a classifier model file as a guide (e.g. a training run's model.pt); repeatable")
@@ -87,12 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
     return p
-
-
-def _data_source(bundle) -> str:
-    judge = bundle.manifest.get("judge") or {}
-    split = (judge.get("training") or {}).get("split") or {}
-    return split.get("source") or "mnist"
 
 
 def _extra_guide(spec: str, device) -> tuple[str, Guide]:
@@ -134,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     for a, b in pairs:
         if a not in guides or b not in guides:
             raise SystemExit(f"--paired {a}:{b} names a guide that is not measured; guides: {sorted(guides)}")
-    source = args.data or _data_source(bundle)
+    source = args.data or bundle.dataset or "mnist"
     try:
         data = load_split(source, "heldout", image_size=bundle.image_shape[-1], channels=bundle.image_shape[0])
     except DataError as exc:

@@ -1,4 +1,4 @@
-"""Assemble the shipped model bundle (``models/``) one model at a time, measuring the
+"""Assemble a shipped model bundle (``models/NAME/``) one model at a time, measuring the
 figures its manifest reports.
 
 Each ``add`` copies a trained model file into the bundle (weights stored as float16 to
@@ -22,6 +22,12 @@ Examples::
     python -m train.bundle set --name robust --default-scale 2
     python -m train.bundle set --lab lab_defaults.json
     python -m train.bundle show --markdown
+    python -m train.bundle add --bundle fashion-mnist --role judge --file runs/fm-judge/model.pt
+                                              # a new name builds models/fashion-mnist/
+    python -m train.bundle list                                  # the shipped bundles and the default
+
+``--bundle`` takes a shipped bundle's name (``mnist``) or a folder; the default is the
+default shipped bundle (``models/index.json``, see :mod:`engine.bundle_index`).
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ from typing import Any
 
 import torch
 
+from engine.bundle_index import (UnknownBundle, default_bundle_name, models_root, read_index, resolve_bundle,
+                                 shipped_bundles, writable_bundle_dir)
 from engine.bundles import BUNDLE_FORMAT, DEFAULT_BUNDLE_DIR, load_bundle
 from engine.checkpoints import load_model_file, save_model_file
 from engine.columns import GuidanceSpec
@@ -52,7 +60,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / "bundle.json"
     if path.is_file():
         return json.loads(path.read_text())
-    return {"format": BUNDLE_FORMAT, "name": "mnist-demo", "guides": {}}
+    return {"format": BUNDLE_FORMAT, "name": folder.resolve().name, "guides": {}}
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
@@ -75,14 +83,15 @@ def training_record(header: dict[str, Any]) -> dict[str, Any]:
     return {k: meta[k] for k in keys if k in meta}
 
 
-def measure_classifier(path: Path, time_dependent: bool, limit: int | None, steps: int) -> dict[str, Any]:
+def measure_classifier(path: Path, time_dependent: bool, limit: int | None, steps: int,
+                       dataset: str = "mnist") -> dict[str, Any]:
     net, header = load_model_file(path)
     from engine.nets.plain import CleanClassifier
     from engine.diffusion import DiffusionConfig
 
     if not time_dependent:
         net = CleanClassifier(net).eval()
-    data = load_split("mnist", "heldout")
+    data = load_split(dataset, "heldout")
     images, labels = data.tensors()
     if limit:
         images, labels = images[:limit], labels[:limit]
@@ -113,7 +122,7 @@ def measure_samples(folder: Path, n_per_class: int, respacing: str | None) -> di
         res = bundle.sample([unguided()], labels[s:s + 100], seeds[s:s + 100], respacing=respacing)
         images.append(res.images["unguided"])
     samples = torch.cat(images)
-    real = load_split("mnist", "heldout")
+    real = load_split(bundle.dataset or "mnist", "heldout")
     real_images, real_labels = real.tensors()
     extractor = JudgeFeatures(bundle.judge)
     fid = frechet_distance(extract_features(extractor, real_images.split(250)), extract_features(extractor, samples.split(250)))
@@ -139,7 +148,8 @@ def add(args: argparse.Namespace) -> None:
         if header["kind"] != "denoiser":
             raise SystemExit(f"{args.file} is a {header['kind']}, not a denoiser")
         meta = header["meta"]
-        manifest.update({"class_names": meta["class_names"], "null_label": meta.get("null_label"),
+        manifest.update({"data": (meta.get("split") or {}).get("source") or manifest.get("data") or "mnist",
+                         "class_names": meta["class_names"], "null_label": meta.get("null_label"),
                          "diffusion": meta["diffusion"],
                          "default_respacing": meta.get("default_respacing", "100")})
         manifest["denoiser"] = entry
@@ -150,7 +160,8 @@ def add(args: argparse.Namespace) -> None:
         entry.update({"time_dependent": time_dep, "default_scale": args.default_scale,
                       "default_source": args.default_source or ("x_t" if time_dep else "x0_through_denoiser")})
         if not args.skip_measure:
-            entry["figures"] = measure_classifier(folder / filename, time_dep, args.limit, args.attack_steps)
+            entry["figures"] = measure_classifier(folder / filename, time_dep, args.limit, args.attack_steps,
+                                                  manifest.get("data") or "mnist")
         if args.ablation:
             entry["ablation"] = json.loads(Path(args.ablation).read_text())
         manifest["guides"][args.name] = {**manifest["guides"].get(args.name, {}), **entry}
@@ -236,12 +247,41 @@ def read_lab_section(path: Path) -> dict[str, Any]:
     return lab
 
 
+def list_text() -> str:
+    """One line per shipped bundle (name, title, folder), the default marked, and why."""
+    root = models_root()
+    bundles = shipped_bundles(root)
+    if not bundles:
+        return f"no bundles in {root}"
+    default = default_bundle_name(root)
+    lines = [f"{'*' if b.name == default else ' '} {b.name:<16} {b.title:<20} {b.folder}" for b in bundles]
+    why = read_index(root).get("why")
+    return "\n".join(lines + [f"(* default{': ' + why if why else ''})"])
+
+
+def _bundle_to_read(text: str) -> Path:
+    """--bundle of set / show: a shipped bundle's name or a folder (engine.bundle_index)."""
+    try:
+        path = Path(resolve_bundle(text))
+    except UnknownBundle as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return path.parent if path.name == "bundle.json" else path
+
+
+def _bundle_to_write(text: str) -> Path:
+    """--bundle of add: as for set / show, and a new bare name makes models/NAME/."""
+    path = Path(writable_bundle_dir(text))
+    return path.parent if path.name == "bundle.json" else path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.bundle", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     a = sub.add_parser("add", help="copy a trained model into the bundle and measure its figures")
-    a.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE_DIR, help="bundle folder (default: models/)")
+    a.add_argument("--bundle", type=_bundle_to_write, default=DEFAULT_BUNDLE_DIR,
+                   help="a shipped bundle's name (a new name makes models/NAME/) or a bundle folder (default: the "
+                        "default shipped bundle)")
     a.add_argument("--role", choices=["denoiser", "guide", "judge"], required=True)
     a.add_argument("--name", default=None, help="guide name (vanilla, robust, nonrobust, ...)")
     a.add_argument("--file", type=Path, required=True, help="model.pt written by a train.* command")
@@ -254,16 +294,22 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--limit", type=int, default=None, help="held-out images for the robustness figures (default: all)")
     a.add_argument("--skip-measure", action="store_true", help="copy only (figures measured later)")
     d = sub.add_parser("set", help="change a guide's defaults (scale, source, description) without re-measuring")
-    d.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE_DIR)
+    d.add_argument("--bundle", type=_bundle_to_read, default=DEFAULT_BUNDLE_DIR,
+                   help="a shipped bundle's name or a bundle folder (default: the default shipped bundle)")
     d.add_argument("--name", default=None, help="guide name (needed for --default-scale / --default-source / --description)")
     d.add_argument("--default-scale", type=float, default=None)
     d.add_argument("--default-source", default=None)
     d.add_argument("--description", default=None)
     d.add_argument("--lab", type=Path, default=None, help="JSON file with the lab's default columns and steps")
+    sub.add_parser("list", help="the shipped bundles (models/*/bundle.json) and the default (models/index.json)")
     s = sub.add_parser("show", help="print bundle.json (or its figures as markdown tables)")
-    s.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE_DIR)
+    s.add_argument("--bundle", type=_bundle_to_read, default=DEFAULT_BUNDLE_DIR,
+                   help="a shipped bundle's name or a bundle folder (default: the default shipped bundle)")
     s.add_argument("--markdown", action="store_true", help="print the README tables")
     args = p.parse_args(argv)
+    if args.command == "list":
+        print(list_text())
+        return 0
     if args.command == "show":
         manifest = read_manifest(args.bundle)
         print(markdown(manifest, args.bundle) if args.markdown else json.dumps(manifest, indent=1))

@@ -8,7 +8,7 @@ exported.
 
 Examples::
 
-    # the bundled MNIST denoiser (see models/bundle.json for the exact command)
+    # the bundled MNIST denoiser (see models/mnist/bundle.json for the exact command)
     python -m train.diffusion --out runs/denoiser --steps 6000 --batch-size 64 --amp bf16
 
     # resume an interrupted run bit for bit

@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group", type=int, default=6, help="configs sampled side by side per call (default: 6)")
     p.add_argument("--features", choices=["judge", "inception"], default="judge")
     p.add_argument("--inception-weights", default=None, help="pt_inception-2015-12-05-6726825d.pth for --features inception")
-    p.add_argument("--data", default="mnist", help="real images: the held-out part of this dataset (default: mnist)")
+    p.add_argument("--data", default=None,
+                   help="real images: the held-out part of this dataset (default: the bundle's own, else mnist)")
     p.add_argument("--k", type=int, default=3, help="k of the k-NN precision / recall (default: 3)")
     p.add_argument("--paired", action="append", default=[], metavar="A:B",
                    help="also report method A minus method B per replicate (same seeds, so the pairing removes the "
@@ -174,6 +175,7 @@ def make_extractor(args, bundle):
 def score_points(points: list[Point], bundle, args) -> list[dict]:
     """Metrics per point and replicate, then mean / std over replicates."""
     extractor = make_extractor(args, bundle)
+    args.data = args.data or getattr(bundle, "dataset", None) or "mnist"
     real = load_split(args.data, "heldout", image_size=bundle.image_shape[-1], channels=bundle.image_shape[0])
     real_images, real_labels = real.tensors()
     real_feats = extract_features(extractor, _batches(real_images, 250))

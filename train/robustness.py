@@ -9,9 +9,9 @@ the prediction stays correct.
 
 Examples::
 
-    python -m train.robustness models/vanilla.pt models/robust.pt --timesteps 0,100,300,500
+    python -m train.robustness models/mnist/vanilla.pt models/mnist/robust.pt --timesteps 0,100,300,500
     python -m train.robustness runs/robust/model.pt --norm l2 --eps 0.5,1,2 --steps 10 --json
-    python -m train.robustness models/vanilla.pt --norm linf --eps 0.03,0.06 --targeted
+    python -m train.robustness models/mnist/vanilla.pt --norm linf --eps 0.03,0.06 --targeted
 """
 
 from __future__ import annotations

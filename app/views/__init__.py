@@ -1,7 +1,9 @@
-"""One module per tab of the lab. Each ``build(state)`` lays out its tab inside the
-current ``gr.Blocks`` and returns a :class:`View`: the components that depend on the
-loaded models and a function giving their fresh values (called on page load and after
-the Models view loads other models)."""
+"""One module per tab of the lab (and ``compare``: the side-by-side tab's verdict and
+difference panel, kept apart so the tab's module stays about sampling). Each
+``build(state)`` lays out its tab inside the current ``gr.Blocks`` and returns a
+:class:`View`: the components that depend on the loaded models and a function giving
+their fresh values (called on page load and after the Models view loads or switches
+models)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from ..errors import user_errors
 from ..inputs import (COLUMN_HEADERS, LabInputError, check_image_budget, configs_from_rows, parse_class, parse_float,
                       parse_seeds, parse_steps, read_columns)
 from ..state import LabState, RunRecord
-from . import View, class_choices, session_of, study_from_run
+from . import View, class_choices, compare, session_of, study_from_run
 
 COLUMNS_HELP = (
     "Tick **run** for each column to sample. **method**: `classifier`, `unguided` or `cfg` (classifier-free, "
@@ -87,8 +87,10 @@ def render_record(record: RunRecord, frames: Any, signed: bool, gradient: str) -
     frame_count = int(parse_float(frames if frames not in (None, "") else DEFAULT_FRAMES, "frames", 1, 32))
     rows = column_stability(record.result, record.bundle.judge, gradient)
     accuracies = {r.column: r.judge_accuracy for r in rows}
+    verdicts = compare.verdicts_of(record)
     return {
-        "final": render.labelled_stack(render.final_gallery(record.result, accuracies)),
+        "final": render.labelled_stack(render.verdict_gallery(record.result, verdicts, record.class_names, accuracies)),
+        "verdicts": verdicts,
         "x0": render.labelled_stack(render.filmstrip_gallery(record.result, "pred_x0", frame_count)),
         "grad": render.labelled_stack(render.filmstrip_gallery(record.result, "gradient", frame_count, bool(signed),
                                                                gradient)),
@@ -115,6 +117,7 @@ def build(state: LabState, concurrency: int) -> View:
     """Lay out the side-by-side tab."""
     bundle = state.bundle
     with gr.Tab("Side by side", id="sampling"):
+        run_id = gr.State(None)
         gr.Markdown("Sample several guidance columns **from the same seeds**: every column starts from the same "
                     "x_T and draws the same noise at every step, so differences come from the guidance alone "
                     "(the paper's 'same class and same random seed').")
@@ -160,6 +163,8 @@ def build(state: LabState, concurrency: int) -> View:
             with gr.Column(scale=2):
                 final = gr.Image(label="Final images: one row per column, one image per seed", format="png",
                                  interactive=False, elem_id="sample-final")
+                verdicts = compare.build_verdicts()
+                difference = compare.build(state, run_id, verdicts)
                 x0strip = gr.Image(label="Predicted x0 over the steps (Figure 5): rows = seeds, left to right = "
                                          "noise to image", format="png", interactive=False, elem_id="sample-x0")
                 gradstrip = gr.Image(label="Guidance gradient over the steps", format="png", interactive=False,
@@ -175,7 +180,6 @@ def build(state: LabState, concurrency: int) -> View:
                                        column_widths=render.STABILITY_COLUMN_WIDTHS)
                 files = gr.File(label="Downloads: run config, images (.npz, .png), traces (.pt)",
                                 file_count="multiple", interactive=False)
-        run_id = gr.State(None)
         study_from_run.build(state, run_id)  # the kept run -> a survey study (admin)
 
     outputs = [final, x0strip, gradstrip, logp_plot, stability_plot, summary, files, status, run_id]
@@ -196,12 +200,12 @@ def build(state: LabState, concurrency: int) -> View:
                                       frame_count, report)
         except SamplingCancelled as exc:
             gr.Warning(f"Stopped: {exc}")
-            return [gr.skip()] * 7 + [f"Stopped: {exc}.", gr.skip()]
+            return [gr.skip()] * 7 + [f"Stopped: {exc}.", gr.skip()] + [gr.skip()] * len(difference.run_outputs)
         finally:
             state.disarm(session_of(request))
         out = render_record(record, frame_count, signed_value, gradient_kind)
         return [out["final"], out["x0"], out["grad"], out["logp"], out["stability"], out["table"], out["files"],
-                status_line(record), record.id]
+                status_line(record), record.id, *compare.run_values(record, out["verdicts"])]
 
     @user_errors
     def rerender(run, frame_count, signed_value, gradient_kind):
@@ -215,7 +219,8 @@ def build(state: LabState, concurrency: int) -> View:
 
     inputs = [class_dd, seeds, steps, respacing, sampler, eta, table, unconditional, monitors, frames, signed, gradient]
     run_btn.click(arm, None, None, api_visibility="private", queue=False).then(
-        sample, inputs, outputs, api_name="sample", concurrency_id="heavy", concurrency_limit=concurrency)
+        sample, inputs, outputs + difference.run_outputs, api_name="sample", concurrency_id="heavy",
+        concurrency_limit=concurrency)
     stop_btn.click(stop, None, status, api_name="stop", concurrency_limit=None, queue=False)
     for i, control in enumerate((frames, signed, gradient)):
         control.input(rerender, [run_id, frames, signed, gradient], outputs[:6],
