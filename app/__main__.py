@@ -93,10 +93,13 @@ def no_models_message(error: str) -> str:
 def open_bundle(args: argparse.Namespace):
     """The models the options name, or SystemExit with a message saying how to point at some."""
     from engine.bundles import DEFAULT_BUNDLE_DIR, BundleError, open_models
+    from engine.precision import PrecisionError
 
     try:
         return open_models(args.bundle, denoiser=args.denoiser, guides=args.guide, preset_set=args.preset_set,
                            device=args.device, precision=args.precision, diffusers_dir=args.diffusers_dir)
+    except PrecisionError as exc:
+        raise SystemExit(f"Cannot load the models: {exc}") from None
     except (BundleError, KeyError) as exc:
         text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
         default_requested = not (args.bundle or args.denoiser or args.guide or args.preset_set or args.diffusers_dir)

@@ -31,6 +31,7 @@ from torch import nn
 
 from .diffusion.process import GaussianDiffusion
 from .guidance import ColumnGuidance, Guide, GuidanceConfig, as_guide, log_prob_of
+from .precision import autocast, check_precision
 from .trace import Trace, TraceOptions
 
 SAMPLERS = ("ddpm", "ddim")
@@ -126,6 +127,7 @@ class GuidedStepper:
         eta: float = 0.0,
         clip_denoised: bool = True,
         null_label: int | None = None,
+        precision: str = "fp32",
     ):
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
@@ -141,6 +143,7 @@ class GuidedStepper:
         self.sampler = sampler
         self.eta = float(eta)
         self.clip_denoised = clip_denoised
+        self.precision = check_precision(precision, next(denoiser.parameters()).device)
         class_conditional = getattr(denoiser, "num_classes", None) is not None
         for c in self.configs:
             if c.uses_classifier and c.classifier not in self.guides:
@@ -158,9 +161,11 @@ class GuidedStepper:
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """The denoiser's float32 output at step indices ``t`` (the network sees the
-        original-schedule timesteps)."""
+        original-schedule timesteps), under autocast for bf16 / fp16 (``engine.precision``)."""
         net_t = self.diffusion.network_timesteps(t)
-        return (self.denoiser(x, net_t, y) if y is not None else self.denoiser(x, net_t)).float()
+        with autocast(self.precision, x.device):
+            out = self.denoiser(x, net_t, y) if y is not None else self.denoiser(x, net_t)
+        return out.float()
 
     def denoise_columns(self, x: Mapping[str, torch.Tensor], t: torch.Tensor,
                         labels: torch.Tensor) -> dict[str, list[torch.Tensor]]:
@@ -233,13 +238,15 @@ def sample(
     should_stop: Callable[[], bool] | None = None,
     progress_bar: bool = False,
     device: torch.device | str | None = None,
+    precision: str = "fp32",
 ) -> SampleResult:
     """Sample one image per (seed, label) for every guidance config, side by side.
 
     ``seeds`` (one per image) or ``noise`` (a :class:`NoiseSource`, e.g. recorded
     noise) supplies the randomness. ``progress(done, total)`` is called after every
     step; ``should_stop()`` is polled between steps and raises
-    :class:`SamplingCancelled`. Returns final images (CPU, [-1, 1]) and, when ``trace``
+    :class:`SamplingCancelled`. ``precision`` (fp32, bf16, fp16; see ``engine.precision``)
+    is the denoiser's; classifier gradients stay float32. Returns final images (CPU, [-1, 1]) and, when ``trace``
     is given, a :class:`Trace` per config."""
     device = torch.device(device) if device is not None else next(denoiser.parameters()).device
     labels_t = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
@@ -259,7 +266,7 @@ def sample(
     if diffusion.num_timesteps <= 0:
         raise ValueError("the process has no steps")
     stepper = GuidedStepper(denoiser, diffusion, configs, guides, sampler=sampler, eta=eta,
-                            clip_denoised=clip_denoised, null_label=null_label)
+                            clip_denoised=clip_denoised, null_label=null_label, precision=precision)
     labels_t = labels_t.to(device)
     x_T = noise.initial().to(device)
     if x_T.shape[0] != len(labels_t):
@@ -289,6 +296,7 @@ def sample(
         if bar is not None:
             bar.close()
     settings = {"sampler": sampler, "eta": eta, "clip_denoised": clip_denoised, "num_steps": total,
+                "precision": stepper.precision,
                 "diffusion": diffusion.config.to_dict() if diffusion.config else None}
     return SampleResult({name: v.detach().float().cpu() for name, v in x.items()}, traces,
                         list(seeds or []), labels_t.cpu().tolist(), list(configs), settings)
