@@ -60,17 +60,20 @@ SECTIONS = ("tiny", "lab", "survey")
 
 
 # --------------------------------------------------------------------------- helpers
-def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
-    """Seconds of each callable, run round-robin ``repeats`` times after one warm-up
-    round, so that machine noise hits every path alike."""
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, dict[str, list[float]]]:
+    """Wall and process-CPU seconds of each callable, run round-robin ``repeats`` times
+    after one warm-up round, so that machine noise hits every path alike. On a shared
+    machine the CPU seconds are the steadier measure (time this process computed, not
+    time it waited for a core); ratios use them."""
     for fn in fns.values():
         fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    times: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name]["cpu"].append(time.process_time() - cpu)
+            times[name]["wall"].append(time.perf_counter() - wall)
     return times
 
 
@@ -147,15 +150,16 @@ def bench_tiny(args: argparse.Namespace, matmul: dict[str, float]) -> dict[str, 
     flops_engine, per_op = count_flops(lambda: engine(one, steps="2"))
     flops_step = flops_engine / 2
     flops_base, _ = count_flops(lambda: guided_ddpm_loop(unet, clf, BaselineDiffusion(respacing="2"), x_T, y, scale))
-    baseline_s = {1: statistics.median(times["baseline (guided-diffusion style), 1 method"]),
-                  2: statistics.median(times["baseline x2, 2 methods"])}
+    baseline_cpu = {1: statistics.median(times["baseline (guided-diffusion style), 1 method"]["cpu"]),
+                    2: statistics.median(times["baseline x2, 2 methods"]["cpu"])}
     rows = []
     for name, (_, methods, precision) in paths.items():
-        med = statistics.median(times[name])
-        gflops = flops_step * int(args.steps) * methods / med / 1e9
-        rows.append({"path": name, "methods": methods, "precision": precision, "median_s": med, "runs_s": times[name],
-                     "s_per_step": med / int(args.steps), "speedup_vs_baseline": baseline_s[methods] / med,
-                     "gflops": gflops, "roofline_fp32": gflops / matmul["fp32"],
+        cpu, wall = statistics.median(times[name]["cpu"]), statistics.median(times[name]["wall"])
+        gflops = flops_step * int(args.steps) * methods / cpu / 1e9
+        rows.append({"path": name, "methods": methods, "precision": precision, "cpu_s": cpu, "wall_s": wall,
+                     "runs": times[name], "cpu_s_per_step": cpu / int(args.steps),
+                     "speedup_vs_baseline": baseline_cpu[methods] / cpu, "gflops": gflops,
+                     "roofline_fp32": gflops / matmul["fp32"],
                      "roofline_same_precision": gflops / matmul.get(precision, matmul["fp32"])})
     return {"batch": batch, "steps": int(args.steps), "scale": scale,
             "gflop_per_guided_step": flops_step / 1e9, "baseline_gflop_per_step": flops_base / 2 / 1e9,
@@ -224,9 +228,9 @@ def bench_lab(args: argparse.Namespace) -> dict[str, Any]:
         runs[precision] = lambda: bundle.sample(configs, [0] * len(seeds), seeds, respacing=str(steps), trace=trace)
     times = interleaved(runs, max(1, args.repeats - 1))
     bundle.to("cpu", "fp32")
-    out = {"columns": [c.name for c in configs], "seeds": len(seeds), "steps": steps,
-           "seconds": {p: statistics.median(ts) for p, ts in times.items()}, "runs_s": times}
-    return out
+    return {"columns": [c.name for c in configs], "seeds": len(seeds), "steps": steps,
+            "seconds": {p: statistics.median(ts["wall"]) for p, ts in times.items()},
+            "cpu_seconds": {p: statistics.median(ts["cpu"]) for p, ts in times.items()}, "runs": times}
 
 
 def bench_survey(args: argparse.Namespace) -> dict[str, Any]:
@@ -238,9 +242,9 @@ def bench_survey(args: argparse.Namespace) -> dict[str, Any]:
             argv = ["create", "--db", str(Path(tmp) / "bench.db"), "--name", "bench", "--from-bundle",
                     *([str(args.bundle)] if args.bundle else []), "--pairs", str(args.survey_pairs),
                     "--batch-size", str(args.survey_batch), "--precision", precision, "--device", "cpu"]
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             survey_main(argv)
-            results[precision] = time.perf_counter() - start
+            results[precision] = {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
     return {"pairs": args.survey_pairs, "batch": args.survey_batch, "seconds": results}
 
 
@@ -258,10 +262,11 @@ def table(results: dict[str, Any]) -> str:
                   f"{t['gflop_per_guided_step']:.2f} GFLOP per guided step (baseline counts "
                   f"{t['baseline_gflop_per_step']:.2f})",
                   "",
-                  "| path | s (median) | s / step | vs baseline | GFLOPS | of fp32 matmul | of matmul, same precision |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| path | CPU s | wall s | CPU s / step | vs baseline | GFLOPS | of fp32 matmul | "
+                  "of matmul, same precision |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in t["rows"]:
-            lines.append(f"| {r['path']} | {r['median_s']:.2f} | {r['s_per_step']:.3f} | "
+            lines.append(f"| {r['path']} | {r['cpu_s']:.2f} | {r['wall_s']:.2f} | {r['cpu_s_per_step']:.3f} | "
                          f"{r['speedup_vs_baseline']:.2f}x | {r['gflops']:.1f} | {100 * r['roofline_fp32']:.0f} % | "
                          f"{100 * r['roofline_same_precision']:.0f} % |")
         e = t["equality"]
@@ -270,14 +275,15 @@ def table(results: dict[str, Any]) -> str:
                       f"{e['mean_abs_diff_bf16_vs_fp32']:.4f} (random-weight nets amplify perturbations)"]
     if "lab" in results:
         lab = results["lab"]
-        cells = ", ".join(f"{p} {s:.1f} s" for p, s in lab["seconds"].items())
+        cells = ", ".join(f"{p} {s:.1f} s wall ({lab['cpu_seconds'][p]:.1f} s CPU)" for p, s in lab["seconds"].items())
         lines += ["", f"lab default side by side ({lab['seeds']} seeds x {len(lab['columns'])} columns "
                       f"{lab['columns']}, {lab['steps']} DDPM steps, traced): {cells}"]
         if "fp32" in lab["seconds"] and "bf16" in lab["seconds"]:
-            lines[-1] += f" (bf16 {lab['seconds']['fp32'] / lab['seconds']['bf16']:.2f}x)"
+            lines[-1] += f"; bf16 {lab['cpu_seconds']['fp32'] / lab['cpu_seconds']['bf16']:.2f}x fp32 (CPU time)"
     if "survey" in results:
         s = results["survey"]
-        cells = ", ".join(f"{p} {v:.1f} s ({2 * s['pairs'] / v:.2f} images/s)" for p, v in s["seconds"].items())
+        cells = ", ".join(f"{p} {v['wall']:.1f} s wall, {v['cpu']:.1f} s CPU ({2 * s['pairs'] / v['cpu']:.2f} images per "
+                          "CPU second)" for p, v in s["seconds"].items())
         lines += ["", f"survey create --from-bundle --pairs {s['pairs']} (2 methods, batch {s['batch']}, bundle "
                       f"default steps): {cells}"]
     return "\n".join(lines)

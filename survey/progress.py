@@ -22,14 +22,16 @@ class GenerationProgress:
         self.bar = None
         self.done = 0
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: float, total: int) -> None:
         from tqdm.auto import tqdm
 
         if self.bar is None:
             self.bar = tqdm(total=total * self.methods, desc="generating", unit="img", file=self.stream,
-                            disable=self.disable, dynamic_ncols=True, smoothing=0.3)
-        self.bar.update(done * self.methods - self.done)
-        self.done = done * self.methods
+                            disable=self.disable, dynamic_ncols=True, smoothing=0.1)
+        images = int(done * self.methods)  # images finished, counting fractions of a batch
+        if images > self.done:
+            self.bar.update(images - self.done)
+            self.done = images
         if done >= total:
             self.close()
 
