@@ -16,6 +16,9 @@ Sections (``--only`` picks some):
             fp32 and bf16.
 ``survey``  ``python -m survey create --from-bundle --pairs N`` end to end (sampling,
             PNGs, database), fp32 and bf16.
+``gd128``   (only when named) seconds per guided step of the published 128x128
+            architecture with random weights (gd-128-denoiser + gd-128-classifier; nothing
+            is downloaded), 1 image.
 
 Run it with one thread for numbers comparable with the reference's
 (``reference_speed.json``); on a shared machine trust the ratios, not the seconds.
@@ -57,6 +60,7 @@ from engine.sampler import RecordedNoise, sample  # noqa: E402
 
 DEFAULT_REFERENCE = Path(os.environ.get("RCG_REFERENCE_DIR", ROOT.parent / "shared" / "reference"))
 SECTIONS = ("tiny", "lab", "survey")
+OPTIONAL_SECTIONS = ("gd128",)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -248,6 +252,28 @@ def bench_survey(args: argparse.Namespace) -> dict[str, Any]:
     return {"pairs": args.survey_pairs, "batch": args.survey_batch, "seconds": results}
 
 
+def bench_gd128(args: argparse.Namespace) -> dict[str, Any]:
+    """One guided DDPM step (the 128x128 published architecture, random weights, 1 image)."""
+    from engine.bundles import Bundle, GuideInfo
+    from engine.guidance import Guide
+    from engine.nets.flags import create_classifier, create_denoiser
+    from engine.presets import PRESETS
+
+    torch.manual_seed(0)
+    denoiser = create_denoiser(PRESETS["gd-128-denoiser"].flags.replace("--use_fp16 True", "--use_fp16 False")).eval()
+    classifier = create_classifier(PRESETS["gd-128-classifier"].flags).eval()
+    bundle = Bundle(denoiser, DiffusionConfig(), {"vanilla": Guide(classifier)},
+                    {"vanilla": GuideInfo("vanilla", default_scale=0.5)}, [str(i) for i in range(1000)],
+                    default_respacing="250", name="random-gd-128")
+    out = {}
+    for precision in args.precisions:
+        bundle.to("cpu", precision)
+        times = interleaved({precision: lambda: bundle.sample([bundle.default_config("vanilla")], [1], [0],
+                                                              respacing="1")}, 1)[precision]
+        out[precision] = {"wall_s_per_step": times["wall"][0], "cpu_s_per_step": times["cpu"][0]}
+    return out
+
+
 # --------------------------------------------------------------------------- report
 def table(results: dict[str, Any]) -> str:
     lines = []
@@ -286,13 +312,18 @@ def table(results: dict[str, Any]) -> str:
                           "CPU second)" for p, v in s["seconds"].items())
         lines += ["", f"survey create --from-bundle --pairs {s['pairs']} (2 methods, batch {s['batch']}, bundle "
                       f"default steps): {cells}"]
+    if "gd128" in results:
+        cells = ", ".join(f"{p} {v['wall_s_per_step']:.1f} s wall ({v['cpu_s_per_step']:.1f} s CPU)"
+                          for p, v in results["gd128"].items())
+        lines += ["", f"128x128 published architecture (random weights), one guided DDPM step for 1 image: {cells}"]
     return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.sampling", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run (default: all)")
+    p.add_argument("--only", nargs="+", choices=SECTIONS + OPTIONAL_SECTIONS, default=list(SECTIONS),
+                   help="sections to run (default: tiny lab survey; gd128 only when named)")
     p.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE,
                    help="folder of the shared tiny pair (default: ../shared/reference or $RCG_REFERENCE_DIR)")
     p.add_argument("--bundle", default=None, help="bundle folder for lab / survey (default: the bundled models)")
@@ -328,11 +359,17 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": platform.processor() or platform.machine(), "load_average": list(os.getloadavg()),
         "matmul_gflops": matmul}}
     if "tiny" in args.only:
+        print("[bench] tiny ...", file=sys.stderr, flush=True)
         results["tiny"] = bench_tiny(args, matmul)
     if "lab" in args.only:
+        print("[bench] lab ...", file=sys.stderr, flush=True)
         results["lab"] = bench_lab(args)
     if "survey" in args.only:
+        print("[bench] survey ...", file=sys.stderr, flush=True)
         results["survey"] = bench_survey(args)
+    if "gd128" in args.only:
+        print("[bench] gd128 ...", file=sys.stderr, flush=True)
+        results["gd128"] = bench_gd128(args)
     results["machine"]["load_average_after"] = list(os.getloadavg())
     print(table(results))
     if args.json:
