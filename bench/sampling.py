@@ -198,8 +198,7 @@ def lab_default_configs(bundle: Any) -> list[GuidanceConfig]:
     marked to run, else one column per guide at its default scale)."""
     try:
         from app.columns import default_rows
-        from app.inputs import configs_from_rows, read_columns
-        from app.inputs import COLUMN_HEADERS
+        from app.inputs import COLUMN_HEADERS, configs_from_rows, read_columns
 
         rows = read_columns({"headers": COLUMN_HEADERS, "data": default_rows(bundle)})
         return configs_from_rows(bundle, rows, False)

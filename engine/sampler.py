@@ -246,8 +246,8 @@ def sample(
     noise) supplies the randomness. ``progress(done, total)`` is called after every
     step; ``should_stop()`` is polled between steps and raises
     :class:`SamplingCancelled`. ``precision`` (fp32, bf16, fp16; see ``engine.precision``)
-    is the denoiser's; classifier gradients stay float32. Returns final images (CPU, [-1, 1]) and, when ``trace``
-    is given, a :class:`Trace` per config."""
+    is the denoiser's; classifier gradients stay float32. Returns final images (CPU,
+    [-1, 1]) and, when ``trace`` is given, a :class:`Trace` per config."""
     device = torch.device(device) if device is not None else next(denoiser.parameters()).device
     labels_t = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     if image_shape is None:
