@@ -21,10 +21,13 @@ class GenerationProgress:
         self.disable = disable
         self.bar = None
         self.done = 0
+        self.finished = False
 
     def __call__(self, done: float, total: int) -> None:
         from tqdm.auto import tqdm
 
+        if self.finished:
+            return
         if self.bar is None:
             self.bar = tqdm(total=total * self.methods, desc="generating", unit="img", file=self.stream,
                             disable=self.disable, dynamic_ncols=True, smoothing=0.1)
@@ -36,6 +39,7 @@ class GenerationProgress:
             self.close()
 
     def close(self) -> None:
+        self.finished = True
         if self.bar is not None:
             self.bar.close()
             self.bar = None

@@ -145,8 +145,10 @@ def test_generation_progress_counts_images_and_shows_rate_and_eta():
     bar(1.5, 4)
     assert bar.bar.n == 3 and bar.bar.total == 8
     bar(4, 4)
+    bar(4, 4)  # the caller's last report after the last step's: no second bar
     text = stream.getvalue()
     assert "8/8" in text and "img/s" in text and bar.bar is None
+    assert text.count("0/8") == 1
 
 
 def test_units_from_bundle_reports_steps_within_a_batch(tiny_bundle):
