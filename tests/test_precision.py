@@ -207,3 +207,16 @@ def test_flop_counter_counts_a_matmul():
     a, b = torch.randn(8, 16), torch.randn(16, 4)
     total, per_op = count_flops(lambda: a @ b)
     assert total == 2 * 8 * 16 * 4 and per_op == {"mm": total}
+
+
+def test_denoiser_row_chunks_change_nothing_but_speed(tiny_bundle):
+    """The CPU splits the batched denoiser call into chunks; every row is computed on its own."""
+    from engine.sampler import sample
+
+    configs = [tiny_bundle.default_config("vanilla"), tiny_bundle.default_config("robust")]
+    runs = [sample(tiny_bundle.denoiser, tiny_bundle.diffusion("3"), configs, [1, 2, 3], seeds=[5, 6, 7],
+                   guides=tiny_bundle.guides, null_label=tiny_bundle.null_label, denoiser_rows=rows)
+            for rows in (1, 4, 1000)]
+    for name in ("vanilla", "robust"):
+        for other in runs[1:]:
+            torch.testing.assert_close(other.images[name], runs[0].images[name], atol=1e-5, rtol=0)
