@@ -220,3 +220,17 @@ def test_denoiser_row_chunks_change_nothing_but_speed(tiny_bundle):
     for name in ("vanilla", "robust"):
         for other in runs[1:]:
             torch.testing.assert_close(other.images[name], runs[0].images[name], atol=1e-5, rtol=0)
+
+
+def test_lab_command_line_exits_with_the_message(monkeypatch, tiny_bundle_dir):
+    import argparse
+
+    from app.__main__ import open_bundle
+
+    monkeypatch.setattr(precision_mod, "_cpu_supports", lambda p: False)
+    args = argparse.Namespace(bundle=str(tiny_bundle_dir), denoiser=None, guide=[], preset_set=None,
+                              diffusers_dir=None, device="cpu", precision="bf16")
+    with pytest.raises(SystemExit, match="bf16 cannot run on cpu; this device allows fp32"):
+        open_bundle(args)
+    args.precision = "fp32"
+    assert open_bundle(args).precision == "fp32"
