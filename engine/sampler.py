@@ -4,7 +4,7 @@ Algorithm (Dhariwal & Nichol 2021, Alg. 1 and 2), for every guidance column at o
 
     x_T ~ N(0, I)                                  (from each image's own seed)
     for t = T-1 .. 0:
-        eps, v = denoiser(x_t, t, y)               (one batched call for all columns)
+        eps, v = denoiser(x_t, t, y)               (batched across columns; 16-row chunks on a CPU)
         g = s_t * stabilise(grad log p_phi(y | source, t))   (engine.guidance.ColumnGuidance)
         mu, Sigma, x0_hat = p_mean_variance(eps, v)
         DDPM: x_{t-1} = mu + Sigma g + sigma_t z   (guidance on the mean)
@@ -12,7 +12,8 @@ Algorithm (Dhariwal & Nichol 2021, Alg. 1 and 2), for every guidance column at o
               x_{t-1} = DDIM(eps', eta, z)
 
 What a column adds (its denoiser output, classifier-free mixing included, and g) lives in
-``engine.guidance``; this module only batches the denoiser and applies g.
+``engine.guidance``; this module only batches the denoiser and applies g. ``precision``
+bf16 / fp16 runs the denoiser under autocast (``engine.precision``); g stays float32.
 
 Randomness: image i draws x_T and every step's z from its own generator seeded with
 ``seeds[i]``, on the CPU, in a fixed order. An image therefore depends only on (seed,
