@@ -97,10 +97,13 @@ def open_bundle(args: argparse.Namespace):
     from engine.bundles import DEFAULT_BUNDLE_DIR
     from engine.checkpoints import BundleError
     from engine.model_specs import open_models
+    from engine.precision import PrecisionError
 
     try:
         return open_models(args.bundle, denoiser=args.denoiser, guides=args.guide, preset_set=args.preset_set,
                            device=args.device, precision=args.precision, diffusers_dir=args.diffusers_dir)
+    except PrecisionError as exc:
+        raise SystemExit(f"Cannot load the models: {exc}") from None
     except (BundleError, KeyError) as exc:
         text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
         default_requested = not (args.bundle or args.denoiser or args.guide or args.preset_set or args.diffusers_dir)

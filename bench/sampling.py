@@ -1,28 +1,49 @@
-"""Sampling benchmarks; every ratio is against a baseline measured in the same run.
+"""Sampling benchmark: every ratio is against a baseline measured in the same run.
 
-1. Side by side: vanilla + robust guided sampling from the same seeds in ONE call (the
-   denoiser batched over both columns, shared noise) against running the two methods
-   one after the other (two calls, one column each). Prints images/s and the ratio.
-2. Seconds per sampling step (denoiser forward + classifier forward/backward) on the
-   bundled-size models and on the published 128x128 architecture with random weights
-   (gd-128-denoiser + gd-128-classifier; nothing is downloaded).
+Sections (``--only`` picks some):
+
+``tiny``    the shared tiny guided-diffusion pair (../shared/reference: tiny UNet +
+            tiny classifier, batch 16, respacing 25, DDPM, classifier scale 1) against
+            a straightforward guided-diffusion-style loop written in bench/baseline.py
+            (one method at a time, global RNG, classifier forward + backward per step):
+            the engine for one method and for two methods side by side (against the
+            baseline run twice), fp32 and bf16; FLOPs per step counted with
+            torch.utils.flop_counter, achieved GFLOPS and their fraction of a matmul
+            measured in the same run (the roofline); the largest difference between
+            the engine's and the baseline's samples from the same x_T and noise.
+``lab``     the lab's default side by side on the bundle (4 seeds x the bundle's
+            default columns, the lab's default steps, traced as the lab traces it),
+            fp32 and bf16.
+``survey``  ``python -m survey create --from-bundle --pairs N`` end to end (sampling,
+            PNGs, database), fp32 and bf16.
+``gd128``   (only when named) seconds per guided step of the published 128x128
+            architecture with random weights (gd-128-denoiser + gd-128-classifier; nothing
+            is downloaded), 1 image.
+
+Run it with one thread for numbers comparable with the reference's
+(``reference_speed.json``); on a shared machine trust the ratios, not the seconds.
 
 Examples::
 
-    OMP_WAIT_POLICY=PASSIVE python -m bench.sampling
-    python -m bench.sampling --images 16 --steps 20 --repeats 3 --skip-128
-    python -m bench.sampling --device cuda --images 64 --big-images 8
+    OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE python -m bench.sampling
+    python -m bench.sampling --only tiny --repeats 5
+    python -m bench.sampling --only tiny --profile          # torch.profiler per-op table of one engine run
+    python -m bench.sampling --only survey --survey-pairs 200 --survey-batch 64
+    python -m bench.sampling --json runs/bench.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -30,102 +51,328 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine.bundles import Bundle, GuideInfo, load_bundle  # noqa: E402
-from engine.diffusion import DiffusionConfig  # noqa: E402
-from engine.guidance import Guide  # noqa: E402
-from engine.nets.flags import create_classifier, create_denoiser  # noqa: E402
-from engine.presets import PRESETS  # noqa: E402
+from bench.baseline import BaselineDiffusion, guided_ddpm_loop  # noqa: E402
+from bench.roofline import count_flops, matmul_gflops  # noqa: E402
+from engine.diffusion import DiffusionConfig, create_diffusion  # noqa: E402
+from engine.guidance import GuidanceConfig, classifier_guided  # noqa: E402
+from engine.nets import EncoderUNetModel, UNetModel  # noqa: E402
+from engine.sampler import RecordedNoise, sample  # noqa: E402
+
+DEFAULT_REFERENCE = Path(os.environ.get("RCG_REFERENCE_DIR", ROOT.parent / "shared" / "reference"))
+SECTIONS = ("tiny", "lab", "survey")
+OPTIONAL_SECTIONS = ("gd128",)
 
 
-def timed(fn, repeats: int) -> list[float]:
-    fn()  # warm-up
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+# --------------------------------------------------------------------------- helpers
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, dict[str, list[float]]]:
+    """Wall and process-CPU seconds of each callable, run round-robin ``repeats`` times
+    after one warm-up round, so that machine noise hits every path alike. On a shared
+    machine the CPU seconds are the steadier measure (time this process computed, not
+    time it waited for a core); ratios use them."""
+    for fn in fns.values():
         fn()
-        out.append(time.perf_counter() - start)
-    return out
-
-
-def side_by_side(bundle: Bundle, images: int, steps: int, repeats: int) -> dict:
-    labels = [i % bundle.num_classes for i in range(images)]
-    seeds = list(range(images))
-    vanilla, robust = bundle.default_config("vanilla"), bundle.default_config("robust")
-    respacing = str(steps)
-
-    def together():
-        bundle.sample([vanilla, robust], labels, seeds, respacing=respacing)
-
-    def one_after_the_other():
-        bundle.sample([vanilla], labels, seeds, respacing=respacing)
-        bundle.sample([robust], labels, seeds, respacing=respacing)
-
-    # interleave the two so that machine noise hits both alike
-    t_together, t_sequential = [], []
-    together()  # warm-up
-    one_after_the_other()
+    times: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter(); together(); t_together.append(time.perf_counter() - start)
-        start = time.perf_counter(); one_after_the_other(); t_sequential.append(time.perf_counter() - start)
-    med_t, med_s = statistics.median(t_together), statistics.median(t_sequential)
-    return {"images_per_method": images, "steps": steps,
-            "side_by_side_images_per_s": 2 * images / med_t, "sequential_images_per_s": 2 * images / med_s,
-            "speedup": med_s / med_t, "side_by_side_s": t_together, "sequential_s": t_sequential}
+        for name, fn in fns.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            fn()
+            times[name]["cpu"].append(time.process_time() - cpu)
+            times[name]["wall"].append(time.perf_counter() - wall)
+    return times
 
 
-def seconds_per_step(bundle: Bundle, images: int, steps: int, repeats: int) -> dict:
-    labels = [i % bundle.num_classes for i in range(images)]
-    cfg = bundle.default_config(next(iter(bundle.guides)))
-    times = timed(lambda: bundle.sample([cfg], labels, list(range(images)), respacing=str(steps)), repeats)
-    return {"images": images, "steps": steps, "seconds_per_step": statistics.median(times) / steps,
-            "runs_s": times}
+def load_tiny_pair(reference: Path) -> tuple[UNetModel, EncoderUNetModel]:
+    """The shared tiny UNet and classifier (random weights recorded by the reference)."""
+    nets = []
+    for name, cls in (("tiny_unet.pt", UNetModel), ("tiny_classifier.pt", EncoderUNetModel)):
+        path = reference / name
+        if not path.is_file():
+            raise SystemExit(f"{path} is missing: the tiny section needs ../shared/reference (or --reference DIR, "
+                             "or RCG_REFERENCE_DIR); skip it with --only lab survey")
+        fx = torch.load(path, weights_only=True)
+        net = cls(**json.loads(fx["config_json"])).eval()
+        net.load_state_dict(fx["state_dict"])
+        nets.append(net)
+    return nets[0], nets[1]
 
 
-def random_128_bundle(device: str) -> Bundle:
+# --------------------------------------------------------------------------- tiny pair
+def bench_tiny(args: argparse.Namespace, matmul: dict[str, float]) -> dict[str, Any]:
+    unet, clf = load_tiny_pair(args.reference)
+    for p in (*unet.parameters(), *clf.parameters()):
+        p.requires_grad_(False)
+    batch, respacing, scale = args.batch, str(args.steps), 1.0
+    shape = (batch, unet.in_channels, unet.image_size, unet.image_size)
+    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(400))
+    y = torch.arange(batch) % 10
+    seeds = list(range(batch))
+    base = BaselineDiffusion(respacing=respacing)
+    diffusion = create_diffusion(DiffusionConfig(timestep_respacing=respacing))
+    one = [classifier_guided("tiny", scale, name="one")]
+    two = [classifier_guided("tiny", scale, name="vanilla"), classifier_guided("tiny", 2 * scale, name="robust")]
+    guides = {"tiny": clf}
+
+    def baseline() -> torch.Tensor:
+        torch.manual_seed(1234)
+        return guided_ddpm_loop(unet, clf, base, x_T, y, scale)
+
+    def engine(configs: list[GuidanceConfig], precision: str = "fp32", steps: str = respacing, **kw: Any):
+        d = diffusion if steps == respacing else create_diffusion(DiffusionConfig(timestep_respacing=steps))
+        return sample(unet, d, configs, y, guides=guides, precision=precision, **({"seeds": seeds} | kw))
+
+    # equal samples: the engine replays the baseline's x_T and noise
+    drawn: list[torch.Tensor] = []
+
+    def recording(x: torch.Tensor) -> torch.Tensor:
+        drawn.append(torch.randn_like(x))
+        return drawn[-1]
+
+    torch.manual_seed(1234)
+    ref = guided_ddpm_loop(unet, clf, base, x_T, y, scale, noise_fn=recording)
+    replay = RecordedNoise(x_T, drawn)
+    got = sample(unet, diffusion, one, y, noise=replay, guides=guides).images["one"]
+    got_bf16 = sample(unet, diffusion, one, y, noise=RecordedNoise(x_T, drawn), guides=guides,
+                      precision="bf16").images["one"]
+    equality = {"max_abs_diff_engine_vs_baseline": float((got - ref).abs().max()),
+                "max_abs_diff_bf16_vs_fp32": float((got_bf16 - got).abs().max()),
+                "mean_abs_diff_bf16_vs_fp32": float((got_bf16 - got).abs().mean())}
+
+    # name -> (run, methods, precision); the two-method paths compare with the baseline run twice
+    paths: dict[str, tuple[Callable[[], Any], int, str]] = {
+        "baseline (guided-diffusion style), 1 method": (baseline, 1, "fp32"),
+        "engine fp32, 1 method": (lambda: engine(one), 1, "fp32"),
+        "baseline x2, 2 methods": (lambda: (baseline(), baseline()), 2, "fp32"),
+        "engine fp32, 2 methods in 2 calls": (lambda: (engine(two[:1]), engine(two[1:])), 2, "fp32"),
+        "engine fp32, 2 methods side by side": (lambda: engine(two), 2, "fp32"),
+    }
+    if "bf16" in args.precisions:
+        paths["engine bf16, 1 method"] = (lambda: engine(one, "bf16"), 1, "bf16")
+        paths["engine bf16, 2 methods side by side"] = (lambda: engine(two, "bf16"), 2, "bf16")
+    times = interleaved({name: fn for name, (fn, _, _) in paths.items()}, args.repeats)
+
+    # FLOPs per guided step (the same at every t): count a 2-step run of each loop
+    flops_engine, per_op = count_flops(lambda: engine(one, steps="2"))
+    flops_step = flops_engine / 2
+    flops_base, _ = count_flops(lambda: guided_ddpm_loop(unet, clf, BaselineDiffusion(respacing="2"), x_T, y, scale))
+    baseline_cpu = {1: statistics.median(times["baseline (guided-diffusion style), 1 method"]["cpu"]),
+                    2: statistics.median(times["baseline x2, 2 methods"]["cpu"])}
+    rows = []
+    for name, (_, methods, precision) in paths.items():
+        cpu, wall = statistics.median(times[name]["cpu"]), statistics.median(times[name]["wall"])
+        gflops = flops_step * int(args.steps) * methods / cpu / 1e9
+        rows.append({"path": name, "methods": methods, "precision": precision, "cpu_s": cpu, "wall_s": wall,
+                     "runs": times[name], "cpu_s_per_step": cpu / int(args.steps),
+                     "speedup_vs_baseline": baseline_cpu[methods] / cpu, "gflops": gflops,
+                     "roofline_fp32": gflops / matmul["fp32"],
+                     "roofline_same_precision": gflops / matmul.get(precision, matmul["fp32"])})
+    return {"batch": batch, "steps": int(args.steps), "scale": scale,
+            "gflop_per_guided_step": flops_step / 1e9, "baseline_gflop_per_step": flops_base / 2 / 1e9,
+            "gflop_by_op": {k: v / 2 / 1e9 for k, v in sorted(per_op.items(), key=lambda kv: -kv[1])},
+            "equality": equality, "rows": rows}
+
+
+def profile_tiny(args: argparse.Namespace) -> str:
+    """torch.profiler per-op table of one engine run (one method, fp32 unless --precision-profile)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    unet, clf = load_tiny_pair(args.reference)
+    for p in (*unet.parameters(), *clf.parameters()):
+        p.requires_grad_(False)
+    diffusion = create_diffusion(DiffusionConfig(timestep_respacing=str(args.steps)))
+    y = torch.arange(args.batch) % 10
+    configs = [classifier_guided("tiny", 1.0, name="one")]
+
+    def run() -> None:
+        sample(unet, diffusion, configs, y, seeds=list(range(args.batch)), guides={"tiny": clf},
+               precision=args.profile_precision)
+
+    run()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile_rows)
+
+
+# --------------------------------------------------------------------------- bundle
+def lab_default_configs(bundle: Any) -> list[GuidanceConfig]:
+    """The columns the lab's side by side runs by default (the bundle's ``lab.columns``
+    marked to run, else one column per guide at its default scale)."""
+    try:
+        from app.columns import default_rows
+        from app.inputs import COLUMN_HEADERS, configs_from_rows, read_columns
+
+        rows = read_columns({"headers": COLUMN_HEADERS, "data": default_rows(bundle)})
+        return configs_from_rows(bundle, rows, False)
+    except ImportError:  # pragma: no cover - the lab's optional dependencies are missing
+        return [bundle.default_config(name) for name in bundle.guide_info]
+
+
+def lab_default_steps(bundle: Any) -> int:
+    """The lab's default steps (``lab.steps`` of bundle.json, else the default respacing capped at 50)."""
+    lab = bundle.manifest.get("lab", {}) if isinstance(bundle.manifest, dict) else {}
+    if isinstance(lab.get("steps"), int):
+        return int(lab["steps"])
+    text = str(bundle.default_respacing or "").strip()
+    return min(int(text), 50) if text.isdigit() else 50
+
+
+def bench_lab(args: argparse.Namespace) -> dict[str, Any]:
+    from engine.bundles import load_bundle
+    from engine.summaries import record_every_for
+    from engine.trace import TraceOptions
+
+    bundle = load_bundle(args.bundle)
+    configs = lab_default_configs(bundle)
+    steps = lab_default_steps(bundle)
+    seeds = [0, 1, 2, 3]
+    trace = TraceOptions(record_every=record_every_for(steps, 8))
+    runs = {}
+    for precision in args.precisions:
+        bundle.to("cpu", precision)
+        runs[precision] = lambda: bundle.sample(configs, [0] * len(seeds), seeds, respacing=str(steps), trace=trace)
+    times = interleaved(runs, max(1, args.repeats - 1))
+    bundle.to("cpu", "fp32")
+    return {"columns": [c.name for c in configs], "seeds": len(seeds), "steps": steps,
+            "seconds": {p: statistics.median(ts["wall"]) for p, ts in times.items()},
+            "cpu_seconds": {p: statistics.median(ts["cpu"]) for p, ts in times.items()}, "runs": times}
+
+
+def bench_survey(args: argparse.Namespace) -> dict[str, Any]:
+    from survey.cli import main as survey_main
+
+    results = {}
+    for precision in args.precisions:
+        with tempfile.TemporaryDirectory() as tmp:
+            argv = ["create", "--db", str(Path(tmp) / "bench.db"), "--name", "bench", "--from-bundle",
+                    *([str(args.bundle)] if args.bundle else []), "--pairs", str(args.survey_pairs),
+                    "--batch-size", str(args.survey_batch), "--precision", precision, "--device", "cpu"]
+            wall, cpu = time.perf_counter(), time.process_time()
+            survey_main(argv)
+            results[precision] = {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
+    return {"pairs": args.survey_pairs, "batch": args.survey_batch, "seconds": results}
+
+
+def bench_gd128(args: argparse.Namespace) -> dict[str, Any]:
+    """One guided DDPM step (the 128x128 published architecture, random weights, 1 image)."""
+    from engine.bundles import Bundle, GuideInfo
+    from engine.guidance import Guide
+    from engine.nets.flags import create_classifier, create_denoiser
+    from engine.presets import PRESETS
+
     torch.manual_seed(0)
     denoiser = create_denoiser(PRESETS["gd-128-denoiser"].flags.replace("--use_fp16 True", "--use_fp16 False")).eval()
     classifier = create_classifier(PRESETS["gd-128-classifier"].flags).eval()
     bundle = Bundle(denoiser, DiffusionConfig(), {"vanilla": Guide(classifier)},
                     {"vanilla": GuideInfo("vanilla", default_scale=0.5)}, [str(i) for i in range(1000)],
                     default_respacing="250", name="random-gd-128")
-    return bundle.to(device)
+    out = {}
+    for precision in args.precisions:
+        bundle.to("cpu", precision)
+        times = interleaved({precision: lambda: bundle.sample([bundle.default_config("vanilla")], [1], [0],
+                                                              respacing="1")}, 1)[precision]
+        out[precision] = {"wall_s_per_step": times["wall"][0], "cpu_s_per_step": times["cpu"][0]}
+    return out
+
+
+# --------------------------------------------------------------------------- report
+def table(results: dict[str, Any]) -> str:
+    lines = []
+    m = results["machine"]
+    lines.append(f"machine: {m['cpu']}, torch {m['torch']}, {m['threads']} thread(s); measured matmul "
+                 f"(1024^3): fp32 {m['matmul_gflops']['fp32']:.1f} GFLOPS, bf16 "
+                 f"{m['matmul_gflops'].get('bf16', float('nan')):.1f} GFLOPS")
+    if "tiny" in results:
+        t = results["tiny"]
+        lines += ["",
+                  f"tiny guided-diffusion pair, batch {t['batch']}, {t['steps']} DDPM steps, "
+                  f"{t['gflop_per_guided_step']:.2f} GFLOP per guided step (baseline counts "
+                  f"{t['baseline_gflop_per_step']:.2f})",
+                  "",
+                  "| path | CPU s | wall s | CPU s / step | vs baseline | GFLOPS | of fp32 matmul | "
+                  "of matmul, same precision |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in t["rows"]:
+            lines.append(f"| {r['path']} | {r['cpu_s']:.2f} | {r['wall_s']:.2f} | {r['cpu_s_per_step']:.3f} | "
+                         f"{r['speedup_vs_baseline']:.2f}x | {r['gflops']:.1f} | {100 * r['roofline_fp32']:.0f} % | "
+                         f"{100 * r['roofline_same_precision']:.0f} % |")
+        e = t["equality"]
+        lines += ["", f"engine vs baseline, same x_T and noise: max |diff| {e['max_abs_diff_engine_vs_baseline']:.2e}; "
+                      f"bf16 vs fp32 engine: max |diff| {e['max_abs_diff_bf16_vs_fp32']:.3f}, mean "
+                      f"{e['mean_abs_diff_bf16_vs_fp32']:.4f} (random-weight nets amplify perturbations)"]
+    if "lab" in results:
+        lab = results["lab"]
+        cells = ", ".join(f"{p} {s:.1f} s wall ({lab['cpu_seconds'][p]:.1f} s CPU)" for p, s in lab["seconds"].items())
+        lines += ["", f"lab default side by side ({lab['seeds']} seeds x {len(lab['columns'])} columns "
+                      f"{lab['columns']}, {lab['steps']} DDPM steps, traced): {cells}"]
+        if "fp32" in lab["seconds"] and "bf16" in lab["seconds"]:
+            lines[-1] += f"; bf16 {lab['cpu_seconds']['fp32'] / lab['cpu_seconds']['bf16']:.2f}x fp32 (CPU time)"
+    if "survey" in results:
+        s = results["survey"]
+        cells = ", ".join(f"{p} {v['wall']:.1f} s wall, {v['cpu']:.1f} s CPU ({2 * s['pairs'] / v['cpu']:.2f} images per "
+                          "CPU second)" for p, v in s["seconds"].items())
+        lines += ["", f"survey create --from-bundle --pairs {s['pairs']} (2 methods, batch {s['batch']}, bundle "
+                      f"default steps): {cells}"]
+    if "gd128" in results:
+        cells = ", ".join(f"{p} {v['wall_s_per_step']:.1f} s wall ({v['cpu_s_per_step']:.1f} s CPU)"
+                          for p, v in results["gd128"].items())
+        lines += ["", f"128x128 published architecture (random weights), one guided DDPM step for 1 image: {cells}"]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.sampling", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="+", choices=SECTIONS + OPTIONAL_SECTIONS, default=list(SECTIONS),
+                   help="sections to run (default: tiny lab survey; gd128 only when named)")
+    p.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE,
+                   help="folder of the shared tiny pair (default: ../shared/reference or $RCG_REFERENCE_DIR)")
+    p.add_argument("--bundle", default=None, help="bundle folder for lab / survey (default: the bundled models)")
+    p.add_argument("--batch", type=int, default=16, help="tiny section: images per method (default: 16)")
+    p.add_argument("--steps", type=int, default=25, help="tiny section: respaced DDPM steps (default: 25)")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up round (default: 3)")
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                   help="precisions of the engine runs (default: fp32 bf16)")
+    p.add_argument("--survey-pairs", type=int, default=16, help="survey section: pairs to create (default: 16)")
+    p.add_argument("--survey-batch", type=int, default=64, help="survey section: --batch-size (default: 64)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, as reference_speed.json)")
+    p.add_argument("--profile", action="store_true",
+                   help="print a torch.profiler per-op table of one engine run on the tiny pair, then stop")
+    p.add_argument("--profile-precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--profile-rows", type=int, default=25)
+    p.add_argument("--json", type=Path, default=None, help="also write every measurement here")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.sampling", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", default=None, help="bundle folder (default: models/)")
-    p.add_argument("--images", type=int, default=16, help="images per method (default: 16)")
-    p.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--big-images", type=int, default=1, help="images for the 128x128 model (default: 1)")
-    p.add_argument("--big-steps", type=int, default=2, help="steps for the 128x128 model (default: 2)")
-    p.add_argument("--skip-128", action="store_true", help="skip the 128x128 random-weight model")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", type=Path, default=None, help="also write the results here")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    bundle = load_bundle(args.bundle, device=args.device)
-    results = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
-                           "threads": torch.get_num_threads(), "device": args.device,
-                           "cpu": platform.processor() or platform.machine()}}
-    results["side_by_side"] = side_by_side(bundle, args.images, args.steps, args.repeats)
-    sbs = results["side_by_side"]
-    print(f"side by side (vanilla + robust, {args.images} images each, {args.steps} steps): "
-          f"{sbs['side_by_side_images_per_s']:.2f} images/s vs one after the other "
-          f"{sbs['sequential_images_per_s']:.2f} images/s -> {sbs['speedup']:.2f}x")
-    results["bundled_step"] = seconds_per_step(bundle, args.images, args.steps, args.repeats)
-    print(f"bundled models: {results['bundled_step']['seconds_per_step']:.4f} s per guided step "
-          f"({args.images} images)")
-    if not args.skip_128:
-        big = random_128_bundle(args.device)
-        results["gd128_step"] = seconds_per_step(big, args.big_images, args.big_steps, 1)
-        ratio = results["gd128_step"]["seconds_per_step"] / results["bundled_step"]["seconds_per_step"]
-        print(f"128x128 preset (random weights): {results['gd128_step']['seconds_per_step']:.2f} s per guided step "
-              f"({args.big_images} image) = {ratio:.0f}x the bundled step")
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if "fp32" not in args.precisions:
+        args.precisions = ["fp32", *args.precisions]
+    if args.profile:
+        print(profile_tiny(args))
+        return 0
+    matmul = {"fp32": matmul_gflops(torch.float32)}
+    if "bf16" in args.precisions:
+        matmul["bf16"] = matmul_gflops(torch.bfloat16)
+    results: dict[str, Any] = {"machine": {
+        "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(), "load_average": list(os.getloadavg()),
+        "matmul_gflops": matmul}}
+    if "tiny" in args.only:
+        print("[bench] tiny ...", file=sys.stderr, flush=True)
+        results["tiny"] = bench_tiny(args, matmul)
+    if "lab" in args.only:
+        print("[bench] lab ...", file=sys.stderr, flush=True)
+        results["lab"] = bench_lab(args)
+    if "survey" in args.only:
+        print("[bench] survey ...", file=sys.stderr, flush=True)
+        results["survey"] = bench_survey(args)
+    if "gd128" in args.only:
+        print("[bench] gd128 ...", file=sys.stderr, flush=True)
+        results["gd128"] = bench_gd128(args)
+    results["machine"]["load_average_after"] = list(os.getloadavg())
+    print(table(results))
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))
     return 0
 

@@ -32,6 +32,7 @@ from .guidance import Guide, GuidanceConfig
 from .nets import UNetModel
 from .nets.flags import diffusion_kwargs
 from .nets.plain import CleanClassifier, JudgeNet
+from .precision import check_precision
 from .presets import PRESET_SETS, get_preset
 from .sampler import SampleResult, sample
 from .trace import TraceOptions
@@ -79,6 +80,7 @@ class Bundle:
     source: str = ""
     manifest: dict[str, Any] = field(default_factory=dict)
     device: torch.device = torch.device("cpu")
+    precision: str = "fp32"
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -108,16 +110,20 @@ class Bundle:
                                                                else self.default_respacing))
 
     def to(self, device: str | torch.device, precision: str = "fp32") -> "Bundle":
-        """Move every network; ``precision`` fp16 / bf16 casts the denoiser's torso
-        (classifier gradients stay float32)."""
-        self.device = torch.device(device)
+        """Move every network; ``precision`` bf16 / fp16 runs the denoiser under autocast
+        (``engine.precision``; on CUDA its torso convolutions are cast too); classifier
+        gradients stay float32. An unknown precision, or one the device cannot run, is a
+        :class:`engine.precision.PrecisionError` naming the allowed values."""
+        device = torch.device(device)
+        self.precision = check_precision(precision, device)
+        self.device = device
         self.denoiser.to(self.device)
-        if precision == "fp16":
+        if self.device.type == "cuda" and precision == "fp16":
             self.denoiser.convert_to_fp16()
-        elif precision == "bf16":
+        elif self.device.type == "cuda" and precision == "bf16":
             self.denoiser.convert_to_bf16()
-        elif precision != "fp32":
-            raise ValueError("precision must be fp32, fp16 or bf16")
+        elif getattr(self.denoiser, "dtype", torch.float32) != torch.float32:
+            self.denoiser.convert_to_fp32()
         for guide in self.guides.values():
             guide.net.to(self.device)
         if self.judge is not None:
@@ -152,7 +158,7 @@ class Bundle:
         """Side-by-side sampling with this bundle's networks (see :func:`engine.sampler.sample`)."""
         result = sample(self.denoiser, self.diffusion(respacing), configs, labels, seeds=seeds,
                         guides=self.guides, sampler=sampler, eta=eta, null_label=self.null_label,
-                        trace=trace, device=self.device, **kwargs)
+                        trace=trace, device=self.device, **{"precision": self.precision, **kwargs})
         result.settings["respacing"] = respacing if respacing is not None else self.default_respacing
         result.settings["bundle"] = self.name
         return result

@@ -197,8 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="draws classes, seeds, subsets and gold pairs")
     p.add_argument("--respacing", default=None, help="sampling steps, e.g. 250 (bundle default otherwise)")
     p.add_argument("--sampler", default=None, choices=["ddpm", "ddim"], help="sampler of the bundle (default: ddpm)")
-    p.add_argument("--batch-size", type=int, default=16, help="images generated at once")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="units generated at once (default: 64; larger batches are faster while memory lasts)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="denoiser precision when generating: fp32 (exact, default), bf16 (the CPU fast path) or fp16 "
+                        "(CUDA); classifier gradients stay fp32")
     p.add_argument("--fast-ms", type=float, default=DEFAULT_FAST_MS, help="median latency below which a rater is "
                                                                           "flagged as fast")
     _add_exclusions(p, "declared now, applied by every report of this study")
@@ -321,6 +325,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     from .create import MethodSpec, StudyPlan, create_study, read_class_names, units_from_bundle, units_from_folders, \
         units_from_npz
     from .db import open_db
+    from .progress import GenerationProgress
 
     if not args.from_run and (args.columns or args.bundle):
         raise SystemExit("error: --columns and --bundle go with --from-run (with --from-bundle, name the folder there)")
@@ -333,13 +338,11 @@ def cmd_create(args: argparse.Namespace) -> int:
     if args.guide and not args.diffusers_dir:
         raise SystemExit("--guide goes with --diffusers-dir (a bundle folder names its own guides)")
 
-    def progress(done: int, total: int) -> None:
-        print(f"  generated {done}/{total} units", file=sys.stderr)
-
     if run is not None:
         from .create import study_from_run
 
         plan_of_run, bundle, bundle_path = run
+        progress = GenerationProgress(len(plan_of_run.configs))
         study_id = study_from_run(db, media, args.name, plan_of_run, bundle,
                                   args.pairs if args.pairs is not None else 200, seed=args.seed, study_plan=plan,
                                   bundle_path=bundle_path, batch_size=args.batch_size, progress=progress)
@@ -361,13 +364,15 @@ def cmd_create(args: argparse.Namespace) -> int:
                 raise SystemExit(f"--diffusers-dir {args.diffusers_dir}: {exc}") from None
         else:
             bundle = load_bundle(args.from_bundle or None)
-        bundle.to(device)
+        _to_device(bundle, device, args.precision)
         bundle_path = args.diffusers_dir or bundle.source
         defaults = bundle_survey_defaults(bundle)
         specs = [MethodSpec.parse(m) for m in args.methods or defaults["methods"]]
         args.respacing = args.respacing if args.respacing is not None else defaults.get("respacing")
         args.sampler = args.sampler or defaults.get("sampler")
         n = args.pairs if args.pairs is not None else 200
+
+        progress = GenerationProgress(len(specs))
         units = units_from_bundle(bundle, specs, n, args.seed, respacing=args.respacing, sampler=args.sampler or "ddpm",
                                   batch_size=args.batch_size, bundle_path=bundle_path,
                                   progress=progress)
@@ -424,8 +429,18 @@ def _run_plan(args: argparse.Namespace):  # noqa: ANN202 - (RunPlan, bundle, bun
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    bundle.to(device)
+    _to_device(bundle, device, args.precision)
     return plan, bundle, str(folder or DEFAULT_BUNDLE_DIR)
+
+
+def _to_device(bundle, device: str, precision: str) -> None:  # noqa: ANN001 - an engine Bundle
+    """Move the models; a precision the device cannot run is a clean exit naming the allowed ones."""
+    from engine.precision import PrecisionError
+
+    try:
+        bundle.to(device, precision)
+    except PrecisionError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def cmd_invite(args: argparse.Namespace) -> int:

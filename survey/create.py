@@ -137,7 +137,9 @@ def units_from_configs(bundle: Any, configs: Sequence[Any], n_units: int, seed: 
                        progress: Callable[[int, int], None] | None = None) -> list[Unit]:
     """Generate ``n_units`` units, one image per :class:`engine.guidance.GuidanceConfig`
     (its ``name`` is the method), classes and seeds drawn from ``seed``. Each image
-    stores the config, class, seed and run settings that regenerate it."""
+    stores the config, class, seed and run settings that regenerate it. ``progress(done,
+    total)`` is called with 0 first, then after every sampling step (``done`` counts units
+    and may be fractional within a batch)."""
     from engine.data import to_uint8
 
     if n_units < 1:
@@ -146,10 +148,16 @@ def units_from_configs(bundle: Any, configs: Sequence[Any], n_units: int, seed: 
     classes = rng.integers(0, bundle.num_classes, n_units).tolist()
     seeds = rng.choice(2**31 - 1, size=n_units, replace=False).tolist()
     units: list[Unit] = []
+    if progress is not None:
+        progress(0, n_units)
     for start in range(0, n_units, batch_size):
         batch_labels, batch_seeds = classes[start:start + batch_size], seeds[start:start + batch_size]
+
+        def on_step(k: int, steps: int, start: int = start, size: int = len(batch_labels)) -> None:
+            progress(start + size * k / steps, n_units)  # fractional units within a batch, for the ETA
+
         result = bundle.sample(configs, labels=batch_labels, seeds=batch_seeds, respacing=respacing, sampler=sampler,
-                               eta=eta)
+                               eta=eta, progress=on_step if progress is not None else None)
         run = {k: v for k, v in result.run_config().items() if k not in ("seeds", "labels", "configs")}
         arrays = {c.name: to_uint8(result.images[c.name]).permute(0, 2, 3, 1).numpy() for c in configs}
         for i, (label, s) in enumerate(zip(batch_labels, batch_seeds)):

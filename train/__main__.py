@@ -16,6 +16,7 @@ COMMANDS = {
     "diffusion": "train the demo denoiser",
     "judge": "train the judge (an independent clean-image classifier)",
     "evaluate": "FID / precision / recall / judge-accuracy sweeps",
+    "steps": "judge FID and accuracy against the number of DDPM / DDIM steps",
     "robustness": "accuracy of classifiers under PGD at chosen timesteps",
     "alignment": "perceptual alignment: targeted-attack transfer of guides to the judge",
     "sample": "write guided samples as guided-diffusion's scripts do (.npz)",

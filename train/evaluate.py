@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 def sample_points(points: list[Point], bundle, args, info: DistInfo) -> None:
     """Fill OUT/cache/<key>/rep<r>.npz for every point and replicate that lacks it; the seeds
     of each batch are sharded over the processes."""
+    check_cache_settings(args, info)
     n_classes = bundle.num_classes
     total = args.per_class * n_classes
     labels_all = [i % n_classes for i in range(total)]
@@ -158,6 +159,24 @@ def sample_points(points: list[Point], bundle, args, info: DistInfo) -> None:
                     tmp.replace(folder / f"rep{r}.npz")
                     (folder / "config.json").write_text(json.dumps(p.config.to_dict(), indent=1))
     bar.close()
+
+
+def check_cache_settings(args, info: DistInfo) -> None:
+    """The cache is keyed by guidance config only: refuse to reuse it for other steps, sampler,
+    precision, seeds or image counts (which would silently mix samples); a cache without the
+    record (made before it existed) is taken as made with the present settings."""
+    settings = {"respacing": str(args.respacing), "sampler": args.sampler, "precision": args.precision,
+                "seed": args.seed, "per_class": args.per_class}
+    path = args.out / "cache" / "settings.json"
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        changed = {k: (stored.get(k, v), v) for k, v in settings.items() if stored.get(k, v) != v}
+        if changed:
+            shown = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise SystemExit(f"{args.out} holds samples made with other settings ({shown}); give another --out")
+    elif info.is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings, indent=1))
 
 
 def _batches(images: torch.Tensor, size: int):

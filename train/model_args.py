@@ -10,6 +10,7 @@ from engine.bundles import Bundle
 from engine.checkpoints import BundleError
 from engine.model_specs import open_models
 from engine.model_options import MODEL_OPTIONS, MODEL_OPTIONS_TITLE
+from engine.precision import PrecisionError
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -24,5 +25,5 @@ def open_from_args(args: argparse.Namespace, device: str) -> Bundle:
     try:
         return open_models(args.bundle, denoiser=args.denoiser, guides=args.guide, preset_set=args.preset_set,
                            device=device, precision=args.precision, diffusers_dir=args.diffusers_dir)
-    except (BundleError, KeyError) as exc:
+    except (BundleError, PrecisionError, KeyError) as exc:
         raise SystemExit(str(exc).strip("'\"")) from None

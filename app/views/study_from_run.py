@@ -133,7 +133,7 @@ def start_study(state: LabState, jobs: StudyJobs, run_value: Any, columns: Any, 
 
     def work(job: StudyJob) -> dict[str, Any]:
         def progress(done: int, total: int) -> None:
-            job.done = done
+            job.done = int(done)  # the generator reports fractions of a batch for its ETA
 
         study_id = study_from_run(target.db, target.media_dir, title, plan, record.bundle, n, seed=seed,
                                   study_plan=study_plan, bundle_path=record.bundle.source or None,

@@ -1,0 +1,236 @@
+"""Precision: fp32 stays the exact default, bf16 runs the denoiser in bfloat16 and gives
+samples close to fp32 on the same seed, and a bad precision is one clear error at every
+front door. Also the speed work's exact rewrites and the benchmark's baseline."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import engine.precision as precision_mod
+from engine.bundles import load_bundle
+from engine.precision import PrecisionError, check_precision, supported_precisions
+
+
+# --------------------------------------------------------------------------- errors
+def test_unknown_precision_names_the_allowed_values():
+    with pytest.raises(PrecisionError, match="unknown precision 'fp8'; choose one of fp32, bf16, fp16"):
+        check_precision("fp8", "cpu")
+    assert check_precision(None, "cpu") == "fp32"
+    assert check_precision(" BF16 ", "cpu") == "bf16"
+
+
+def test_precision_the_device_cannot_run_names_what_it_can(monkeypatch):
+    monkeypatch.setattr(precision_mod, "_cpu_supports", lambda p: p == "bf16")
+    assert supported_precisions("cpu") == ("fp32", "bf16")
+    with pytest.raises(PrecisionError, match=r"fp16 cannot run on cpu.*this device allows fp32, bf16"):
+        check_precision("fp16", "cpu")
+    assert supported_precisions("meta") == ("fp32",)
+
+
+def test_bundle_refuses_a_bad_precision(tiny_bundle):
+    with pytest.raises(PrecisionError, match="choose one of fp32, bf16, fp16"):
+        tiny_bundle.to("cpu", "half")
+    assert tiny_bundle.precision == "fp32"
+
+
+def test_front_doors_exit_with_the_message(monkeypatch, tiny_bundle_dir, tmp_path, capsys):
+    import argparse
+
+    from survey.cli import main as survey_main
+    from train.model_args import add_model_args, open_from_args
+
+    parser = argparse.ArgumentParser()
+    add_model_args(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--precision", "fp8"])
+    assert "invalid choice: 'fp8'" in capsys.readouterr().err and "fp32" in parser.format_help()
+    monkeypatch.setattr(precision_mod, "_cpu_supports", lambda p: False)  # a CPU without bf16 / fp16
+    args = parser.parse_args(["--bundle", str(tiny_bundle_dir), "--precision", "bf16"])
+    with pytest.raises(SystemExit, match="bf16 cannot run on cpu; this device allows fp32"):
+        open_from_args(args, "cpu")
+    with pytest.raises(SystemExit, match="bf16 cannot run on cpu; this device allows fp32"):
+        survey_main(["create", "--db", str(tmp_path / "s.db"), "--name", "x", "--from-bundle", str(tiny_bundle_dir),
+                     "--pairs", "1", "--precision", "bf16", "--device", "cpu"])
+
+
+# --------------------------------------------------------------------------- what runs
+def _conv_dtypes(bundle, precision: str) -> set[torch.dtype]:
+    seen: set[torch.dtype] = set()
+    hooks = [m.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
+             for m in bundle.denoiser.modules() if isinstance(m, torch.nn.Conv2d)]
+    try:
+        bundle.to("cpu", precision)
+        result = bundle.sample([bundle.default_config("vanilla")], [1], [0], respacing="2")
+    finally:
+        for h in hooks:
+            h.remove()
+        bundle.to("cpu", "fp32")
+    assert result.settings["precision"] == precision
+    assert result.images["vanilla"].dtype == torch.float32
+    return seen
+
+
+def test_default_is_fp32_and_bf16_runs_the_denoiser_in_bfloat16(tiny_bundle):
+    assert tiny_bundle.precision == "fp32"
+    assert _conv_dtypes(tiny_bundle, "fp32") == {torch.float32}
+    assert _conv_dtypes(tiny_bundle, "bf16") == {torch.bfloat16}
+
+
+def test_classifier_gradient_stays_fp32_under_bf16(tiny_bundle):
+    seen: set[torch.dtype] = set()
+    guide = tiny_bundle.guides["vanilla"].net
+    hooks = [m.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
+             for m in guide.modules() if isinstance(m, torch.nn.Conv2d)]
+    try:
+        tiny_bundle.to("cpu", "bf16")
+        tiny_bundle.sample([tiny_bundle.default_config("vanilla")], [1], [0], respacing="2")
+    finally:
+        for h in hooks:
+            h.remove()
+        tiny_bundle.to("cpu", "fp32")
+    assert seen == {torch.float32}
+
+
+def test_bf16_samples_are_close_to_fp32_on_the_same_seed():
+    """On the shipped models, 10 DDPM steps: bf16 differs from fp32 (it did run in bf16)
+    by a small fraction of the difference between two seeds (measured: mean |diff| about
+    0.005 against 0.25 between seeds)."""
+    bundle = load_bundle()
+    configs = [bundle.default_config("vanilla"), bundle.default_config("robust")]
+    labels, seeds = [3, 1, 4, 1], [0, 1, 2, 3]
+    fp32 = bundle.sample(configs, labels, seeds, respacing="10")
+    other = bundle.sample(configs, labels, [10, 11, 12, 13], respacing="10")
+    bundle.to("cpu", "bf16")
+    try:
+        bf16 = bundle.sample(configs, labels, seeds, respacing="10")
+    finally:
+        bundle.to("cpu", "fp32")
+    again = bundle.sample(configs, labels, seeds, respacing="10")
+    for name in ("vanilla", "robust"):
+        assert torch.equal(again.images[name], fp32.images[name])  # fp32 is deterministic and exact
+        diff = (bf16.images[name] - fp32.images[name]).abs().flatten(1).mean(1)
+        between_seeds = (other.images[name] - fp32.images[name]).abs().mean()
+        assert float(diff.min()) > 0, "bf16 gave exactly the fp32 samples: the fast path did not run"
+        assert float(diff.max()) < 0.04, diff
+        assert float(diff.max()) < 0.15 * float(between_seeds)
+
+
+# --------------------------------------------------------------------------- exact rewrites
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 64, 8, 8)])
+def test_nearest_upsample_equals_interpolate(shape):
+    from engine.nets.layers import upsample_nearest_2x
+
+    x = torch.randn(*shape, requires_grad=True)
+    y = x.detach().clone().requires_grad_(True)
+    a, b = upsample_nearest_2x(x), F.interpolate(y, scale_factor=2, mode="nearest")
+    assert torch.equal(a, b)
+    w = torch.randn_like(a)
+    # the backward sums each 2x2 block in another order: equal to float32 rounding
+    torch.testing.assert_close(torch.autograd.grad((a * w).sum(), x)[0], torch.autograd.grad((b * w).sum(), y)[0],
+                               atol=1e-5, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- survey progress
+def test_generation_progress_counts_images_and_shows_rate_and_eta():
+    from survey.progress import GenerationProgress
+
+    stream = io.StringIO()
+    bar = GenerationProgress(2, stream=stream)
+    bar(0, 4)
+    bar(1.5, 4)
+    assert bar.bar.n == 3 and bar.bar.total == 8
+    bar(4, 4)
+    bar(4, 4)  # the caller's last report after the last step's: no second bar
+    text = stream.getvalue()
+    assert "8/8" in text and "img/s" in text and bar.bar is None
+    assert text.count("0/8") == 1
+
+
+def test_units_from_bundle_reports_steps_within_a_batch(tiny_bundle):
+    from survey.create import MethodSpec, units_from_bundle
+
+    calls = []
+    units_from_bundle(tiny_bundle, [MethodSpec.parse("vanilla:1"), MethodSpec.parse("robust:1")], 3, batch_size=2,
+                      respacing="2", progress=lambda done, total: calls.append((done, total)))
+    assert calls[0] == (0, 3) and calls[-1] == (3, 3)
+    assert any(0 < d < 2 for d, _ in calls), calls  # fractional progress inside the first batch
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+# --------------------------------------------------------------------------- the benchmark
+def test_bench_baseline_loop_equals_the_engine(reference):
+    """The benchmark's guided-diffusion-style loop and the engine do the same arithmetic:
+    equal samples from the same x_T and noise, and the same FLOP count per step."""
+    from bench.baseline import BaselineDiffusion, guided_ddpm_loop
+    from bench.roofline import count_flops
+    from engine.diffusion import DiffusionConfig, create_diffusion
+    from engine.guidance import classifier_guided
+    from engine.nets import EncoderUNetModel, UNetModel
+    from engine.sampler import RecordedNoise, sample
+
+    nets = []
+    for name, cls in (("tiny_unet.pt", UNetModel), ("tiny_classifier.pt", EncoderUNetModel)):
+        fx = reference(name)
+        net = cls(**json.loads(fx["config_json"])).eval()
+        net.load_state_dict(fx["state_dict"])
+        nets.append(net)
+    unet, clf = nets
+    x_T = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([3, 7])
+    drawn: list[torch.Tensor] = []
+
+    def record(x: torch.Tensor) -> torch.Tensor:
+        drawn.append(torch.randn_like(x))
+        return drawn[-1]
+
+    torch.manual_seed(0)
+    base = guided_ddpm_loop(unet, clf, BaselineDiffusion(respacing="3"), x_T, y, 2.0, noise_fn=record)
+    diffusion = create_diffusion(DiffusionConfig(timestep_respacing="3"))
+    configs = [classifier_guided("c", 2.0)]
+    ours = sample(unet, diffusion, configs, y, noise=RecordedNoise(x_T, drawn), guides={"c": clf}).images["c"]
+    torch.testing.assert_close(ours, base, atol=1e-5, rtol=0)
+    assert not torch.equal(base, x_T)
+    flops_engine, _ = count_flops(lambda: sample(unet, diffusion, configs, y, noise=RecordedNoise(x_T, drawn),
+                                                 guides={"c": clf}))
+    flops_base, _ = count_flops(lambda: guided_ddpm_loop(unet, clf, BaselineDiffusion(respacing="3"), x_T, y, 2.0))
+    assert flops_engine == flops_base > 0
+
+
+def test_flop_counter_counts_a_matmul():
+    from bench.roofline import count_flops
+
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    total, per_op = count_flops(lambda: a @ b)
+    assert total == 2 * 8 * 16 * 4 and per_op == {"mm": total}
+
+
+def test_denoiser_row_chunks_change_nothing_but_speed(tiny_bundle):
+    """The CPU splits the batched denoiser call into chunks; every row is computed on its own."""
+    from engine.sampler import sample
+
+    configs = [tiny_bundle.default_config("vanilla"), tiny_bundle.default_config("robust")]
+    runs = [sample(tiny_bundle.denoiser, tiny_bundle.diffusion("3"), configs, [1, 2, 3], seeds=[5, 6, 7],
+                   guides=tiny_bundle.guides, null_label=tiny_bundle.null_label, denoiser_rows=rows)
+            for rows in (1, 4, 1000)]
+    for name in ("vanilla", "robust"):
+        for other in runs[1:]:
+            torch.testing.assert_close(other.images[name], runs[0].images[name], atol=1e-5, rtol=0)
+
+
+def test_lab_command_line_exits_with_the_message(monkeypatch, tiny_bundle_dir):
+    import argparse
+
+    from app.__main__ import open_bundle
+
+    monkeypatch.setattr(precision_mod, "_cpu_supports", lambda p: False)
+    args = argparse.Namespace(bundle=str(tiny_bundle_dir), denoiser=None, guide=[], preset_set=None,
+                              diffusers_dir=None, device="cpu", precision="bf16")
+    with pytest.raises(SystemExit, match="bf16 cannot run on cpu; this device allows fp32"):
+        open_bundle(args)
+    args.precision = "fp32"
+    assert open_bundle(args).precision == "fp32"
