@@ -103,3 +103,31 @@ def test_manifest_alignment_figures_show_the_mechanism_where_guidance_acts():
     vanilla = {(c["t"], c["eps"]): c for c in manifest["guides"]["vanilla"]["figures"]["alignment"]["cells"]}
     assert vanilla[(300, 8.0)]["transfer"] + row["mean_diff"] == pytest.approx(
         next(c["transfer"] for c in stored["cells"] if c["t"] == 300 and c["eps"] == 8.0))
+
+
+def test_lab_and_survey_defaults_sit_where_the_contrast_was_measured(bundle):
+    """The lab opens, and `survey create --from-bundle` generates, in the setting whose
+    stored sample figures show the robust guide beating the vanilla one (README, 'What you
+    should see'): unconditional denoiser, both guides at the same scale, the measured steps;
+    there the paired robust - vanilla precision is positive in every seed set."""
+    from types import SimpleNamespace
+
+    from app.columns import default_rows
+    from app.views.sampling import default_seeds, default_steps, default_unconditional
+    from survey.cli import bundle_survey_defaults
+    from survey.create import MethodSpec
+
+    state = SimpleNamespace(bundle=bundle)
+    assert default_unconditional(state) is True and default_steps(state) == 25 and default_seeds(state) == "0-7"
+    ticked = {row[3]: row[4] for row in default_rows(bundle) if row[0] and row[2] == "classifier"}
+    assert set(ticked) == {"vanilla", "robust"} and ticked["vanilla"] == ticked["robust"]
+    scale = ticked["robust"]
+    figures = bundle.manifest["figures"]["guided_samples_unconditional"]
+    paired = figures["robust_minus_vanilla"][f"s={scale:g}"]
+    assert paired["replicates"] == 3 and paired["precision_wins"] == 3 and paired["precision"] > 0
+    assert "--respacing 25" in figures["command"] and "--modes unconditional" in figures["command"]
+
+    survey = bundle_survey_defaults(bundle)
+    configs = [MethodSpec.parse(m).to_config(bundle.guide_info) for m in survey["methods"]]
+    assert {c.classifier: c.scale for c in configs} == {"vanilla": scale, "robust": scale}
+    assert {c.denoiser_mode for c in configs} == {"unconditional"} and survey["respacing"] == "25"

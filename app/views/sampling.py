@@ -34,15 +34,33 @@ DEFAULT_SEEDS = "0-3"
 DEFAULT_FRAMES = 8
 
 
+def lab_defaults(state: LabState) -> dict[str, Any]:
+    """The bundle's ``lab`` section of bundle.json (an empty dict when absent)."""
+    manifest = state.bundle.manifest
+    lab = manifest.get("lab") if isinstance(manifest, dict) else None
+    return lab if isinstance(lab, dict) else {}
+
+
 def default_steps(state: LabState) -> int:
     """The lab's default step count: ``lab.steps`` of bundle.json, else the bundle's
     default respacing capped at 50 (a few seconds on a CPU for the demo models)."""
-    bundle = state.bundle
-    lab = bundle.manifest.get("lab", {}) if isinstance(bundle.manifest, dict) else {}
+    lab = lab_defaults(state)
     if isinstance(lab.get("steps"), int):
         return int(lab["steps"])
-    text = str(bundle.default_respacing or "").strip()
+    text = str(state.bundle.default_respacing or "").strip()
     return min(int(text), 50) if text.isdigit() else 50
+
+
+def default_unconditional(state: LabState) -> bool:
+    """``lab.unconditional`` of bundle.json: open the side by side with the denoiser's null
+    label ticked (where the bundle's vanilla-vs-robust contrast was measured)."""
+    return bool(lab_defaults(state).get("unconditional", False)) and state.bundle.null_label is not None
+
+
+def default_seeds(state: LabState) -> str:
+    """``lab.seeds`` of bundle.json, else 0-3."""
+    seeds = lab_defaults(state).get("seeds")
+    return str(seeds) if isinstance(seeds, str) and seeds.strip() else DEFAULT_SEEDS
 
 
 def run_side_by_side(state: LabState, session: str, class_value: Any, seeds_text: Any, steps: Any, respacing: Any,
@@ -125,7 +143,7 @@ def build(state: LabState, concurrency: int) -> View:
             with gr.Column(scale=1, min_width=340):
                 class_dd = gr.Dropdown(class_choices(bundle.class_names), value=bundle.class_names[0], label="Class",
                                        allow_custom_value=True, info="the class y every column is guided towards")
-                seeds = gr.Textbox(DEFAULT_SEEDS, label="Seeds",
+                seeds = gr.Textbox(default_seeds(state), label="Seeds",
                                    info="one image per seed: '0-3', '1,5,9'; same seed = same noise in every column")
                 with gr.Row():
                     steps = gr.Number(default_steps(state), label="Steps", precision=0,
@@ -133,7 +151,7 @@ def build(state: LabState, concurrency: int) -> View:
                     sampler = gr.Radio(["DDPM", "DDIM"], value="DDPM", label="Sampler")
                 eta = gr.Slider(0.0, 1.0, value=0.0, step=0.1, label="DDIM eta",
                                 info="DDIM only: 0 = deterministic, 1 = DDPM-like noise")
-                unconditional = gr.Checkbox(False, label="Unconditional denoiser (null label)",
+                unconditional = gr.Checkbox(default_unconditional(state), label="Unconditional denoiser (null label)",
                                             info="GradCheck's setting: the denoiser ignores the class and only the "
                                                  "classifier steers (classifier-free columns stay conditional)")
                 with gr.Accordion("Columns", open=True):
@@ -233,6 +251,7 @@ def build(state: LabState, concurrency: int) -> View:
     def refresh() -> list[Any]:
         b = state.bundle
         return [gr.update(choices=class_choices(b.class_names), value=b.class_names[0]), cols.default_table(b),
-                gr.update(choices=list(b.guides), value=list(b.guides)), default_steps(state)]
+                gr.update(choices=list(b.guides), value=list(b.guides)), default_steps(state),
+                default_unconditional(state), default_seeds(state)]
 
-    return View([class_dd, table, monitors, steps], refresh)
+    return View([class_dd, table, monitors, steps, unconditional, seeds], refresh)
