@@ -2,13 +2,13 @@
 
 Examples
 --------
-Create a study from the project's bundled MNIST models (vanilla s=0.5 vs robust s=1.0,
+Create a study from the default shipped bundle (the methods, mode and steps its bundle.json
+``survey`` section names: vanilla vs robust at s=16 with the unconditional denoiser for MNIST;
 200 pairs, 10 % gold and 10 % repeated pairs), invite raters, serve, report::
 
     python -m survey init   --db survey.db
     python -m survey create --db survey.db --name mnist-v-r --from-bundle \\
-        --methods vanilla:0.5 robust:1.0 --pairs 200 --gold-rate 0.1 --repeat-rate 0.1 --seed 0 \\
-        --exclude-gold-below 0.75
+        --pairs 200 --gold-rate 0.1 --repeat-rate 0.1 --seed 0 --exclude-gold-below 0.75
     python -m survey invite --db survey.db --count 30 --base-url http://localhost:8000
     python -m survey open-link --db survey.db --base-url https://HOST --quota 60   # Prolific, MTurk, ...
     RCG_ADMIN_PASSWORD='long secret' python -m survey serve --db survey.db --host 0.0.0.0 --port 8000
@@ -43,8 +43,7 @@ EXAMPLES = {
   python -m survey init --db survey.db
   python -m survey init --db postgresql+psycopg://me@dbhost/survey""",
     "create": """\
-  python -m survey create --db survey.db --name mnist-v-r --from-bundle \\
-      --methods vanilla:0.5 robust:1.0 --pairs 200 --per-rater 40 \\
+  python -m survey create --db survey.db --name mnist-v-r --from-bundle --pairs 200 --per-rater 40 \\
       --gold-rate 0.1 --repeat-rate 0.1 --seed 0 --exclude-gold-below 0.75
   python -m survey create --db survey.db --name three --from-bundle \\
       --methods vanilla:0.5 robust:1.0 strong=robust:2 --pairs 100

@@ -620,3 +620,21 @@ def test_three_way_comparison_runs_in_the_lab_on_the_bundled_models(tmp_path):
     _, ticked = cols.stability_choices(bundle)
     unconditional = stability_run(state, "test", ticked, ALL_CLASSES, 2, 3, 0, "DDPM", True)
     assert {c.denoiser_mode for c in unconditional.result.configs} == {"unconditional"}
+
+
+def test_difference_panel_opens_on_robust_minus_vanilla(tiny_bundle):
+    """The column difference opens on robust - vanilla whenever a run has both guides,
+    whatever their column names and order; otherwise on the second minus the first column."""
+    from types import SimpleNamespace
+
+    from app.views.compare import default_pair
+    from engine.columns import GuidanceSpec
+
+    def record(*specs):
+        configs = [GuidanceSpec.parse(s).to_config(tiny_bundle.guide_info) for s in specs]
+        return SimpleNamespace(result=SimpleNamespace(configs=configs))
+
+    assert default_pair(record("unguided", "v=vanilla:16", "r=robust:16")) == ("r", "v")
+    assert default_pair(record("r=robust:2", "unguided", "vanilla:1")) == ("r", "vanilla")
+    assert default_pair(record("unguided", "nonrobust:1")) == ("nonrobust", "unguided")
+    assert default_pair(record("unguided")) == ("unguided", None)

@@ -53,11 +53,19 @@ def verdict_frame(record: RunRecord, verdicts: list | None = None) -> pd.DataFra
 
 
 def default_pair(record: RunRecord) -> tuple[str | None, str | None]:
-    """The first two columns of the run (A = the second when there are two or more, so
-    e.g. 'robust - vanilla' when the run lists vanilla before robust)."""
-    names = [c.name for c in record.result.configs]
+    """The pair the panel opens on: 'robust - vanilla' when the run has columns of both
+    guides (the comparison the lab exists for), else the first two columns (A = the second,
+    B = the first)."""
+    configs = record.result.configs
+    names = [c.name for c in configs]
     if len(names) < 2:
         return (names[0] if names else None), None
+    by_guide = {}
+    for c in configs:
+        if c.method == "classifier":
+            by_guide.setdefault(c.classifier, c.name)
+    if "robust" in by_guide and "vanilla" in by_guide:
+        return by_guide["robust"], by_guide["vanilla"]
     return names[1], names[0]
 
 
