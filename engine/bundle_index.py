@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .jsonfile import read_json_object
+
 INDEX_FILE = "index.json"
 MANIFEST = "bundle.json"
 MODELS_DIR_ENV = "RCG_MODELS_DIR"  # another folder of bundles (e.g. a deployment's own), same layout
@@ -77,13 +79,7 @@ def read_index(root: Path | None = None) -> dict[str, Any]:
     path = (root or models_root()) / INDEX_FILE
     if not path.is_file():
         return {}
-    try:
-        index = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(index, dict):
-        raise ValueError(f"{path} must hold a JSON object with 'default' and 'order'")
-    return index
+    return read_json_object(path, ValueError, "the bundle index: an object with 'default' and 'order'")
 
 
 def _title(folder: Path) -> str:

@@ -30,7 +30,6 @@ as ``pipeline.save_pretrained(path)`` writes it); weights load through safetenso
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -46,6 +45,7 @@ from .model_specs import parse_network_spec
 from .diffusion.process import GaussianDiffusion
 from .diffusion.schedules import named_beta_schedule, respaced_betas, space_timesteps
 from .guidance import Guide, GuidanceConfig
+from .jsonfile import read_json_object
 from .nets.flags import diffusion_kwargs
 from .nets.plain import CleanClassifier
 from .presets import get_preset
@@ -337,13 +337,7 @@ class DiffusersBundle(Bundle):
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DiffusersError(f"{path} ({what}) is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise DiffusersError(f"{path} ({what}) holds no JSON object")
-    return data
+    return read_json_object(path, DiffusersError, what)
 
 
 def _locate(root: Path) -> tuple[Path, Path, dict[str, Any]]:

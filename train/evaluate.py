@@ -360,8 +360,7 @@ def plot(rows: list[dict], path: Path) -> None:
                 ax.axhline(sel[0][metric], ls="--", color="grey" if mode == "conditional" else "black", lw=1,
                            label=label)
                 continue
-            ax.errorbar([r["scale"] for r in sel], [r[metric] for r in sel], yerr=[r[f"{metric}_std"] for r in sel],
-                        marker="o", capsize=3, label=label, ls="-" if mode == "conditional" else ":")
+            errorbar_series(ax, sel, "scale", metric, label=label, ls="-" if mode == "conditional" else ":")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("guidance scale")
         ax.set_title(metric)
@@ -369,6 +368,12 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def errorbar_series(ax, rows: list[dict], x_key: str, metric: str, **style) -> None:  # noqa: ANN001 - an Axes
+    """One curve of ``metric`` (mean, error bar = its ``_std`` over replicates) against ``x_key``."""
+    ax.errorbar([r[x_key] for r in rows], [r[metric] for r in rows], yerr=[r[f"{metric}_std"] for r in rows],
+                marker="o", capsize=3, **style)
 
 
 def main(argv: list[str] | None = None) -> int:

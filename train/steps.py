@@ -129,8 +129,8 @@ def plot(rows: list[dict], path: Path) -> None:
                               (axes[1], "accuracy", "judge accuracy (higher is better)")):
         for method, sampler in dict.fromkeys((r["method"], r["sampler"]) for r in rows):
             sel = sorted((r for r in rows if (r["method"], r["sampler"]) == (method, sampler)), key=lambda r: r["steps"])
-            ax.errorbar([r["steps"] for r in sel], [r[metric] for r in sel], yerr=[r[f"{metric}_std"] for r in sel],
-                        marker="o", capsize=3, ls="-" if sampler == "ddpm" else ":", label=f"{method} ({sampler})")
+            evaluate.errorbar_series(ax, sel, "steps", metric, ls="-" if sampler == "ddpm" else ":",
+                                     label=f"{method} ({sampler})")
         ax.set_xscale("log")
         ax.set_xlabel("sampling steps")
         ax.set_title(title)
