@@ -49,7 +49,7 @@ def judge_probabilities(judge: nn.Module, images: torch.Tensor, batch_size: int 
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            x = images[start:start + batch_size].to(device).float()
+            x = images[start:start + batch_size].to(device).float().clamp(-1, 1)  # as shown and saved
             out.append(torch.softmax(judge(x).float(), dim=-1).cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
 

@@ -99,7 +99,10 @@ def column_stability(result: SampleResult, judge: nn.Module | None = None, gradi
         norms = trace.series("grad_norm" if gradient == "raw" else "applied_norm")
         log_prob = trace.series("log_prob")
         late = cos[cos.shape[0] // 2:] if cos.numel() else cos
-        accuracy = class_accuracy(judge, result.images[config.name], labels) if judge is not None else math.nan
+        # the judge reads the image as shown and saved: the last step's mean (plus the guide's
+        # shift) can overshoot [-1, 1], and every export clamps it (engine.data.to_uint8)
+        shown = result.images[config.name].clamp(-1, 1)
+        accuracy = class_accuracy(judge, shown, labels) if judge is not None else math.nan
         accuracy_se = binomial_se(accuracy, int(labels.numel()))
         is_classifier = config.method == "classifier"
         rows.append(StabilityRow(
