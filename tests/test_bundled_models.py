@@ -131,3 +131,21 @@ def test_lab_and_survey_defaults_sit_where_the_contrast_was_measured(bundle):
     configs = [MethodSpec.parse(m).to_config(bundle.guide_info) for m in survey["methods"]]
     assert {c.classifier: c.scale for c in configs} == {"vanilla": scale, "robust": scale}
     assert {c.denoiser_mode for c in configs} == {"unconditional"} and survey["respacing"] == "25"
+
+
+def test_fashion_mnist_bundle_is_shipped_with_its_measured_figures():
+    """The second shipped bundle: trained on Fashion-MNIST (its own held-out split), every
+    model with its training command, the judge recognising most conditional samples, and the
+    alignment figures showing the robust guide's transfer gain where guidance acts."""
+    from engine.bundle_index import default_bundle_name, shipped_bundles
+
+    assert [b.name for b in shipped_bundles()][:2] == ["mnist", "fashion-mnist"] and default_bundle_name() == "mnist"
+    manifest = json.loads((models_root() / "fashion-mnist" / "bundle.json").read_text())
+    assert manifest["data"] == "fashion-mnist" and manifest["class_names"][0] == "T-shirt/top"
+    assert set(manifest["guides"]) == {"vanilla", "robust", "nonrobust"}
+    for entry in [manifest["denoiser"], manifest["judge"], *manifest["guides"].values()]:
+        assert "--data fashion-mnist" in entry["training"]["command"]
+    assert manifest["denoiser"]["figures"]["judge_accuracy_on_conditional_samples"] >= 0.8
+    stored = manifest["guides"]["robust"]["figures"]["alignment"]
+    row = next(p for p in stored["paired"] if p["b"] == "vanilla" and p["t"] == 300 and p["eps"] == 8.0)
+    assert row["mean_diff"] > 0.10 and row["mean_diff"] > 2 * row["se_diff"]
