@@ -29,7 +29,7 @@ def default_rows(bundle: Bundle) -> list[list[Any]]:
     """Rows for every guide at its default scale and source; for guides without a time
     input also on x_t and through x0 with Adam and EMA; unguided and classifier-free
     rows (off). Bundle-supplied rows (``lab.columns``) win."""
-    custom = bundle.manifest.get("lab", {}).get("columns") if isinstance(bundle.manifest, dict) else None
+    custom = bundle.section("lab").get("columns")
     if custom:
         try:
             rows = [spec_row(entry) if isinstance(entry, str) else [entry.get(h) for h in COLUMN_HEADERS]

@@ -197,8 +197,8 @@ class LabState:
         """The held-out split that fits the loaded models (the bundle's own dataset, the MNIST digits for a
         1x28x28 bundle, or ``lab.gallery`` of bundle.json), or None."""
         bundle = self.bundle
-        lab = bundle.manifest.get("lab", {}) if isinstance(bundle.manifest, dict) else {}
-        spec = lab.get("gallery") or bundle.dataset or ("mnist" if bundle.image_shape == (1, 28, 28) else None)
+        spec = (bundle.section("lab").get("gallery") or bundle.dataset
+                or ("mnist" if bundle.image_shape == (1, 28, 28) else None))
         key = (spec, bundle.image_shape)
         with self._lock:
             if key in self._gallery:

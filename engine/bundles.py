@@ -90,6 +90,12 @@ class Bundle:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def section(self, name: str) -> dict[str, Any]:
+        """A section of bundle.json that front doors read (``lab``, ``survey``): a dict,
+        empty when the manifest lacks it or holds something else there."""
+        value = self.manifest.get(name) if isinstance(self.manifest, dict) else None
+        return value if isinstance(value, dict) else {}
+
     @property
     def dataset(self) -> str | None:
         """The dataset the bundle was trained on, for its held-out split (``engine.data``

@@ -305,9 +305,8 @@ FALLBACK_SURVEY_METHODS = ("vanilla:0.5", "robust:1.0")
 def bundle_survey_defaults(bundle: Any) -> dict[str, Any]:
     """The study a bundle recommends (``survey`` in bundle.json: ``methods`` as column
     specs, optional ``respacing`` and ``sampler``), else the fallback methods."""
-    manifest = getattr(bundle, "manifest", None)
-    section = manifest.get("survey") if isinstance(manifest, dict) else None
-    if not isinstance(section, dict) or not section.get("methods"):
+    section = bundle.section("survey")
+    if not section.get("methods"):
         return {"methods": list(FALLBACK_SURVEY_METHODS)}
     methods = section["methods"]
     if not isinstance(methods, list) or len(methods) < 2 or not all(isinstance(m, str) for m in methods):

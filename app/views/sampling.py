@@ -36,9 +36,7 @@ DEFAULT_FRAMES = 8
 
 def lab_defaults(state: LabState) -> dict[str, Any]:
     """The bundle's ``lab`` section of bundle.json (an empty dict when absent)."""
-    manifest = state.bundle.manifest
-    lab = manifest.get("lab") if isinstance(manifest, dict) else None
-    return lab if isinstance(lab, dict) else {}
+    return state.bundle.section("lab")
 
 
 def default_steps(state: LabState) -> int:
