@@ -91,8 +91,8 @@ def batch_defaults(state: LabState) -> dict[str, Any]:
     seed 0, PGD-10, t = 300 (where guidance acts; capped to the schedule) and the paper's
     radius scaled to the image size."""
     bundle = state.bundle
-    given = bundle.section("lab").get("alignment")
-    given = given if isinstance(given, dict) else {}
+    lab = bundle.manifest.get("lab", {}) if isinstance(bundle.manifest, dict) else {}
+    given = lab.get("alignment") if isinstance(lab.get("alignment"), dict) else {}
     values = {**BATCH_DEFAULTS, "t": min(300, bundle.diffusion_config.steps - 1),
               "eps": scaled_attack_eps(bundle.image_shape), **measured_contrast(bundle.manifest)}
     values.update({k: given[k] for k in ("n", "seed", "steps", "t", "eps") if isinstance(given.get(k), (int, float))})
