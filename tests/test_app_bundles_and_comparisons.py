@@ -221,18 +221,24 @@ def test_browser_switches_bundles_from_the_models_tab(lab):
             page.locator("#models-shipped input").fill("digits")
             page.keyboard.press("Enter")
             page.click("#models-switch")
-            page.wait_for_function("() => document.querySelector('#models-switch-status').innerText"
+            page.wait_for_function("() => (document.querySelector('#models-switch-status')?.innerText ?? '')"
                                    ".includes('Switched to digits')", timeout=60000)
-            page.wait_for_function("() => document.querySelector('#models-loaded').innerText.includes('mnist-demo')",
+            page.wait_for_function("() => (document.querySelector('#models-loaded')?.innerText ?? '').includes('mnist-demo')",
                                    timeout=30000)
             page.get_by_role("tab", name="Side by side").click()
             page.locator("#sample-steps input").fill("2")
             page.locator("#sample-steps input").press("Tab")
             page.click("#sample-run")
             page.wait_for_function(DONE_JS, arg=["#sample-status", ""], timeout=120000)
-            page.get_by_text("The judge's verdict per image").click()  # the table's accordion
-            page.wait_for_function("() => document.querySelector('#sample-verdicts').innerText.includes('agrees')",
-                                   timeout=30000)
+            # The table sits in a closed accordion; Gradio renders its content only once opened, so
+            # open it (again, if a click landed before the accordion was ready) until the table shows.
+            for _ in range(3):
+                if page.locator("#sample-verdicts").count() and page.locator("#sample-verdicts").is_visible():
+                    break
+                page.get_by_text("The judge's verdict per image").click()
+                page.wait_for_timeout(1500)
+            page.wait_for_function("() => { const e = document.querySelector('#sample-verdicts');"
+                                   " return e !== null && e.innerText.includes('agrees'); }", timeout=30000)
             text = page.inner_text("#sample-verdicts")
             assert "zero" not in text  # the class names followed the switch: digits, not words
             assert not errors, errors

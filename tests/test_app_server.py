@@ -449,7 +449,7 @@ def test_browser_runs_a_side_by_side_sample(lab):
                        ("#sample-final", "#sample-x0", "#sample-grad", "#sample-logp", "#sample-stability")}
             assert all(n > 10 for n in colours.values()), colours
             assert "2 DDPM steps" in page.inner_text("#sample-status")
-            page.wait_for_function("() => document.querySelector('#sample-table').innerText.includes('nonrobust')",
+            page.wait_for_function("() => (document.querySelector('#sample-table')?.innerText ?? '').includes('nonrobust')",
                                    timeout=30000)
             assert page.inner_text("#sample-table").count("guide nonrobust, x0") == 1  # the default three columns
             assert page.evaluate(OVERFLOW_JS, "#sample-table") == []  # every column shows, no scrolling
@@ -467,7 +467,7 @@ def test_browser_runs_a_side_by_side_sample(lab):
             page.wait_for_function("() => /[0-9]+\\s*\\/\\s*400/.test(document.body.innerText)", timeout=60000)
             page.click("#sample-stop")
             page.wait_for_function(
-                "() => document.querySelector('#sample-status').innerText.includes('Stopped: stopped after')",
+                "() => (document.querySelector('#sample-status')?.innerText ?? '').includes('Stopped: stopped after')",
                 timeout=60000)
             assert "of 400 steps" in page.inner_text("#sample-status")
             assert not errors, errors

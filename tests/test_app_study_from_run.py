@@ -178,7 +178,7 @@ def test_browser_makes_a_study_from_the_run_it_just_sampled(lab_and_work):
                 raise AssertionError(page.evaluate(inputs)) from None
             page.locator("#study-password input").fill("secret")
             page.click("#study-create")
-            page.wait_for_function("() => document.querySelector('#study-status').innerText.includes('made from')",
+            page.wait_for_function("() => (document.querySelector('#study-status')?.innerText ?? '').includes('made from')",
                                    timeout=300000)
             text = page.inner_text("#study-status")
             assert f"made from {run_id}" in text and "pairs of vanilla, robust, nonrobust" in text, text
