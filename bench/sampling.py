@@ -15,7 +15,9 @@ Sections (``--only`` picks some):
             default columns, the lab's default steps, traced as the lab traces it),
             fp32 and bf16.
 ``survey``  ``python -m survey create --from-bundle --pairs N`` end to end (sampling,
-            PNGs, database), fp32 and bf16.
+            PNGs, database), fp32 and bf16, wall time: one process with one thread (the
+            baseline), one process with a thread per core, one single-thread worker
+            process per core (``--workers``).
 ``gd128``   (only when named) seconds per guided step of the published 128x128
             architecture with random weights (gd-128-denoiser + gd-128-classifier; nothing
             is downloaded), 1 image.
@@ -237,18 +239,32 @@ def bench_lab(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_survey(args: argparse.Namespace) -> dict[str, Any]:
+    """``survey create --from-bundle`` end to end, wall seconds, three ways of using the
+    machine's cores: one process with one thread (the baseline), one process with a thread
+    per core, and one single-thread worker process per core (``--workers``)."""
+    from engine.parallel_sampling import available_cores
     from survey.cli import main as survey_main
 
-    results = {}
-    for precision in args.precisions:
-        with tempfile.TemporaryDirectory() as tmp:
-            argv = ["create", "--db", str(Path(tmp) / "bench.db"), "--name", "bench", "--from-bundle",
-                    *([str(args.bundle)] if args.bundle else []), "--pairs", str(args.survey_pairs),
-                    "--batch-size", str(args.survey_batch), "--precision", precision, "--device", "cpu"]
-            wall, cpu = time.perf_counter(), time.process_time()
-            survey_main(argv)
-            results[precision] = {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
-    return {"pairs": args.survey_pairs, "batch": args.survey_batch, "seconds": results}
+    cores = args.survey_cores or available_cores()
+    ways = {"1 process x 1 thread": (1, 1), f"1 process x {cores} threads": (1, cores),
+            f"{cores} processes x 1 thread": (cores, 1)}
+    results: dict[str, dict[str, float]] = {}
+    threads = torch.get_num_threads()
+    try:
+        for precision in args.precisions:
+            for way, (workers, n_threads) in ways.items():
+                torch.set_num_threads(n_threads)
+                with tempfile.TemporaryDirectory() as tmp:
+                    argv = ["create", "--db", str(Path(tmp) / "bench.db"), "--name", "bench", "--from-bundle",
+                            *([str(args.bundle)] if args.bundle else []), "--pairs", str(args.survey_pairs),
+                            "--batch-size", str(args.survey_batch), "--precision", precision, "--device", "cpu",
+                            "--workers", str(workers)]
+                    wall = time.perf_counter()
+                    survey_main(argv)
+                    results.setdefault(precision, {})[way] = time.perf_counter() - wall
+    finally:
+        torch.set_num_threads(threads)
+    return {"pairs": args.survey_pairs, "batch": args.survey_batch, "cores": cores, "wall_seconds": results}
 
 
 def bench_gd128(args: argparse.Namespace) -> dict[str, Any]:
@@ -307,10 +323,13 @@ def table(results: dict[str, Any]) -> str:
             lines[-1] += f"; bf16 {lab['cpu_seconds']['fp32'] / lab['cpu_seconds']['bf16']:.2f}x fp32 (CPU time)"
     if "survey" in results:
         s = results["survey"]
-        cells = ", ".join(f"{p} {v['wall']:.1f} s wall, {v['cpu']:.1f} s CPU ({2 * s['pairs'] / v['cpu']:.2f} images per "
-                          "CPU second)" for p, v in s["seconds"].items())
-        lines += ["", f"survey create --from-bundle --pairs {s['pairs']} (2 methods, batch {s['batch']}, bundle "
-                      f"default steps): {cells}"]
+        lines += ["", f"survey create --from-bundle --pairs {s['pairs']} (2 methods, batch {s['batch']}, bundle default "
+                      f"steps), wall seconds on {s['cores']} cores; ratio against 1 process x 1 thread:", "",
+                  "| precision | way | wall s | images / s | ratio |", "|---|---|---|---|---|"]
+        for precision, ways in s["wall_seconds"].items():
+            base = next(iter(ways.values()))
+            for way, sec in ways.items():
+                lines.append(f"| {precision} | {way} | {sec:.1f} | {2 * s['pairs'] / sec:.1f} | {base / sec:.2f}x |")
     if "gd128" in results:
         cells = ", ".join(f"{p} {v['wall_s_per_step']:.1f} s wall ({v['cpu_s_per_step']:.1f} s CPU)"
                           for p, v in results["gd128"].items())
@@ -333,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precisions of the engine runs (default: fp32 bf16)")
     p.add_argument("--survey-pairs", type=int, default=16, help="survey section: pairs to create (default: 16)")
     p.add_argument("--survey-batch", type=int, default=64, help="survey section: --batch-size (default: 64)")
+    p.add_argument("--survey-cores", type=int, default=None,
+                   help="survey section: threads / worker processes to compare (default: the cores available)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, as reference_speed.json)")
     p.add_argument("--profile", action="store_true",
                    help="print a torch.profiler per-op table of one engine run on the tiny pair, then stop")

@@ -198,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default=None, choices=["ddpm", "ddim"], help="sampler of the bundle (default: ddpm)")
     p.add_argument("--batch-size", type=int, default=64,
                    help="units generated at once (default: 64; larger batches are faster while memory lasts)")
+    p.add_argument("--workers", default="auto", type=_workers_arg,
+                   help="processes that generate side by side, one thread each (default: auto = one per CPU core, "
+                        "at most one per 16 pairs; 1 on a GPU). On a small CPU processes beat threads: see README, "
+                        "Benchmarks")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="denoiser precision when generating: fp32 (exact, default), bf16 (the CPU fast path) or fp16 "
@@ -341,9 +345,10 @@ def cmd_create(args: argparse.Namespace) -> int:
 
         plan_of_run, bundle, bundle_path = run
         progress = GenerationProgress(len(plan_of_run.configs))
-        study_id = study_from_run(db, media, args.name, plan_of_run, bundle,
-                                  args.pairs if args.pairs is not None else 200, seed=args.seed, study_plan=plan,
-                                  bundle_path=bundle_path, batch_size=args.batch_size, progress=progress)
+        n = args.pairs if args.pairs is not None else 200
+        study_id = study_from_run(db, media, args.name, plan_of_run, bundle, n, seed=args.seed, study_plan=plan,
+                                  bundle_path=bundle_path, batch_size=args.batch_size,
+                                  workers=_resolve_workers(args.workers, n, bundle), progress=progress)
         return _created(db, args.name, study_id, media)
     if args.from_bundle is not None or args.diffusers_dir:
         from engine.bundles import load_bundle
@@ -371,8 +376,9 @@ def cmd_create(args: argparse.Namespace) -> int:
         n = args.pairs if args.pairs is not None else 200
 
         progress = GenerationProgress(len(specs))
+        workers = 1 if args.diffusers_dir and args.workers == "auto" else _resolve_workers(args.workers, n, bundle)
         units = units_from_bundle(bundle, specs, n, args.seed, respacing=args.respacing, sampler=args.sampler or "ddpm",
-                                  batch_size=args.batch_size, bundle_path=bundle_path,
+                                  batch_size=args.batch_size, bundle_path=bundle_path, workers=workers,
                                   progress=progress)
         methods = [s.label for s in specs]
         source = {"kind": "diffusers" if args.diffusers_dir else "bundle", "bundle": bundle_path,
@@ -429,6 +435,25 @@ def _run_plan(args: argparse.Namespace):  # noqa: ANN202 - (RunPlan, bundle, bun
         device = "cuda" if torch.cuda.is_available() else "cpu"
     _to_device(bundle, device, args.precision)
     return plan, bundle, str(folder or DEFAULT_BUNDLE_DIR)
+
+
+def _workers_arg(text: str) -> str | int:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of processes (1, 2, ...) or auto, got {text!r}")
+    return value
+
+
+def _resolve_workers(workers: str | int, pairs: int, bundle) -> int:  # noqa: ANN001 - an engine Bundle
+    """``auto``: one process per core on a CPU (at most one per 16 pairs), 1 on a GPU."""
+    from engine.parallel_sampling import auto_workers
+
+    return auto_workers(pairs, str(bundle.device)) if workers == "auto" else int(workers)
 
 
 def _to_device(bundle, device: str, precision: str) -> None:  # noqa: ANN001 - an engine Bundle

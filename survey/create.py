@@ -109,7 +109,7 @@ def read_class_names(path: str | Path | None) -> list[str] | None:
 # --------------------------------------------------------------------------- sources
 def units_from_bundle(bundle: Any, specs: Sequence[MethodSpec], n_units: int, seed: int = 0, *,
                       respacing: str | None = None, sampler: str = "ddpm", batch_size: int = 16,
-                      bundle_path: str | None = None,
+                      bundle_path: str | None = None, workers: int = 1,
                       progress: Callable[[int, int], None] | None = None) -> list[Unit]:
     """Generate ``n_units`` units with the engine: class labels drawn uniformly at random
     and one random seed per unit (both from ``seed``); every method samples the same
@@ -128,28 +128,68 @@ def units_from_bundle(bundle: Any, specs: Sequence[MethodSpec], n_units: int, se
     except ValueError as exc:
         raise StudyError(str(exc)) from exc
     return units_from_configs(bundle, configs, n_units, seed, respacing=respacing, sampler=sampler,
-                              batch_size=batch_size, bundle_path=bundle_path, progress=progress)
+                              batch_size=batch_size, bundle_path=bundle_path, workers=workers, progress=progress)
 
 
 def units_from_configs(bundle: Any, configs: Sequence[Any], n_units: int, seed: int = 0, *,
                        respacing: str | None = None, sampler: str = "ddpm", eta: float = 0.0, batch_size: int = 16,
-                       bundle_path: str | None = None,
+                       bundle_path: str | None = None, workers: int = 1,
                        progress: Callable[[int, int], None] | None = None) -> list[Unit]:
     """Generate ``n_units`` units, one image per :class:`engine.guidance.GuidanceConfig`
     (its ``name`` is the method), classes and seeds drawn from ``seed``. Each image
     stores the config, class, seed and run settings that regenerate it. ``progress(done,
     total)`` is called with 0 first, then after every sampling step (``done`` counts units
-    and may be fractional within a batch)."""
-    from engine.data import to_uint8
+    and may be fractional within a batch).
 
+    ``workers`` > 1 samples the batches in that many single-thread processes
+    (``engine.parallel_sampling``; faster than threads on a small CPU), each loading the
+    bundle from its folder (``bundle.source``) at the bundle's device and precision."""
     if n_units < 1:
         raise StudyError("--pairs must be at least 1")
+    if workers < 1:
+        raise StudyError(f"--workers must be at least 1, got {workers}")
     rng = np.random.default_rng(seed)
     classes = rng.integers(0, bundle.num_classes, n_units).tolist()
     seeds = rng.choice(2**31 - 1, size=n_units, replace=False).tolist()
     units: list[Unit] = []
     if progress is not None:
         progress(0, n_units)
+    if workers > 1:
+        sampled = _sample_in_workers(bundle, configs, classes, seeds, batch_size, workers, respacing, sampler, eta,
+                                     progress)
+    else:
+        sampled = _sample_here(bundle, configs, classes, seeds, batch_size, respacing, sampler, eta, progress)
+    import torch
+
+    threads = 1 if workers > 1 else torch.get_num_threads()
+    for batch_labels, batch_seeds, arrays, run in sampled:
+        for i, (label, s) in enumerate(zip(batch_labels, batch_seeds)):
+            unit = {}
+            # the batch it was sampled in and the CPU threads: batched (and multi-threaded) network calls
+            # round differently, so replaying the batch (regenerate) gives the stored pixels bit for bit
+            batch = {"configs": [c.to_dict() for c in configs], "labels": [int(v) for v in batch_labels],
+                     "seeds": [int(v) for v in batch_seeds], "index": i, "threads": threads}
+            for c in configs:
+                config = {"source": "bundle", "bundle": getattr(bundle, "name", ""), "bundle_path": bundle_path,
+                          "guidance": c.to_dict(), "seed": int(s), "label": int(label), "run": run, "batch": batch}
+                unit[c.name] = SourceImage(arrays[c.name][i], c.name, bundle.class_names[label], int(label), int(s),
+                                           config)
+            units.append(unit)
+    if progress is not None:
+        progress(n_units, n_units)
+    return units
+
+
+# one sampled batch: its labels, seeds, uint8 images (N, H, W, C) per column, run settings
+Sampled = tuple[list, list, dict, dict]
+
+
+def _sample_here(bundle: Any, configs: Sequence[Any], classes: list, seeds: list, batch_size: int,
+                 respacing: str | None, sampler: str, eta: float,
+                 progress: Callable[[float, int], None] | None) -> list[Sampled]:
+    from engine.data import to_uint8
+
+    n_units, out = len(classes), []
     for start in range(0, n_units, batch_size):
         batch_labels, batch_seeds = classes[start:start + batch_size], seeds[start:start + batch_size]
 
@@ -160,21 +200,30 @@ def units_from_configs(bundle: Any, configs: Sequence[Any], n_units: int, seed: 
                                eta=eta, progress=on_step if progress is not None else None)
         run = {k: v for k, v in result.run_config().items() if k not in ("seeds", "labels", "configs")}
         arrays = {c.name: to_uint8(result.images[c.name]).permute(0, 2, 3, 1).numpy() for c in configs}
-        for i, (label, s) in enumerate(zip(batch_labels, batch_seeds)):
-            unit = {}
-            # the batch it was sampled in: batched network calls round differently, so replaying the
-            # batch (regenerate) gives the stored pixels bit for bit
-            batch = {"configs": [c.to_dict() for c in configs], "labels": [int(v) for v in batch_labels],
-                     "seeds": [int(v) for v in batch_seeds], "index": i}
-            for c in configs:
-                config = {"source": "bundle", "bundle": getattr(bundle, "name", ""), "bundle_path": bundle_path,
-                          "guidance": c.to_dict(), "seed": int(s), "label": int(label), "run": run, "batch": batch}
-                unit[c.name] = SourceImage(arrays[c.name][i], c.name, bundle.class_names[label], int(label), int(s),
-                                           config)
-            units.append(unit)
-        if progress is not None:
-            progress(len(units), n_units)
-    return units
+        out.append((batch_labels, batch_seeds, arrays, run))
+    return out
+
+
+def _sample_in_workers(bundle: Any, configs: Sequence[Any], classes: list, seeds: list, batch_size: int, workers: int,
+                       respacing: str | None, sampler: str, eta: float,
+                       progress: Callable[[float, int], None] | None) -> list[Sampled]:
+    from engine.parallel_sampling import sample_batches_in_processes, split_batches
+
+    source = getattr(bundle, "source", None)
+    if not source or not (Path(source) / "bundle.json").is_file():
+        raise StudyError("--workers > 1 reloads the models in each worker from a bundle folder; these models have "
+                         "none (e.g. --diffusers-dir): use --workers 1")
+    device = str(getattr(bundle, "device", "cpu"))
+    if device.startswith("cuda"):
+        raise StudyError("--workers > 1 is for CPUs (one process per core); on a GPU use --workers 1 and a larger "
+                         "--batch-size")
+    ranges = split_batches(len(classes), batch_size, workers)
+    batches = [([classes[i] for i in r], [seeds[i] for i in r]) for r in ranges]
+    results = sample_batches_in_processes(
+        source, configs, batches, workers=workers, device=device, precision=getattr(bundle, "precision", "fp32"),
+        respacing=respacing, sampler=sampler, eta=eta,
+        progress=(lambda done: progress(done, len(classes))) if progress is not None else None)
+    return [(labels, batch_seeds, r.images, r.run) for (labels, batch_seeds), r in zip(batches, results)]
 
 
 def regenerate(bundle: Any, config: Mapping[str, Any], single: bool = False) -> np.ndarray:
@@ -183,10 +232,13 @@ def regenerate(bundle: Any, config: Mapping[str, Any], single: bool = False) -> 
 
     With the batch it was sampled in (``batch``: every column's config, the batch's classes
     and seeds, its index), the batch is sampled again and the pixels equal the stored ones
-    bit for bit on the same models, device and number of CPU threads. Without it (``single=True``, or a config
+    bit for bit on the same models and device (on a CPU with the stored number of threads,
+    set for the call). Without it (``single=True``, or a config
     written before batches were stored) the image is sampled alone from its guidance config,
     class and seed; it then agrees up to float rounding (batched network calls add in
     another order: at most a grey level on a few pixels)."""
+    import torch
+
     from engine.data import to_uint8
     from engine.guidance import GuidanceConfig
 
@@ -200,8 +252,14 @@ def regenerate(bundle: Any, config: Mapping[str, Any], single: bool = False) -> 
         labels, seeds, index = batch["labels"], batch["seeds"], int(batch["index"])
     else:
         configs, labels, seeds, index = [guidance], [config["label"]], [config["seed"]], 0
-    result = bundle.sample(configs, labels=labels, seeds=seeds, respacing=run.get("respacing"),
-                           sampler=run.get("sampler", "ddpm"), eta=run.get("eta", 0.0))
+    threads, stored = torch.get_num_threads(), (batch or {}).get("threads")
+    if isinstance(stored, int) and stored >= 1:
+        torch.set_num_threads(stored)
+    try:
+        result = bundle.sample(configs, labels=labels, seeds=seeds, respacing=run.get("respacing"),
+                               sampler=run.get("sampler", "ddpm"), eta=run.get("eta", 0.0))
+    finally:
+        torch.set_num_threads(threads)
     return to_uint8(result.images[guidance.name]).permute(0, 2, 3, 1).numpy()[index]
 
 
@@ -295,7 +353,8 @@ def check_run_against_bundle(plan: RunPlan, bundle: Any) -> None:
 
 def study_from_run(db: SurveyDB, media_dir: str | Path, name: str, plan: RunPlan, bundle: Any, pairs: int, *,
                    seed: int = 0, study_plan: StudyPlan | None = None, bundle_path: str | None = None,
-                   batch_size: int = 16, progress: Callable[[int, int], None] | None = None) -> int:
+                   batch_size: int = 16, workers: int = 1,
+                   progress: Callable[[int, int], None] | None = None) -> int:
     """A study of a lab run (``survey create --from-run`` and the lab's button): ``pairs``
     units of fresh (class, seed) drawn from ``seed``, every chosen column sampled with the
     run's sampler, eta and steps by ``bundle``; each image stores the config that
@@ -307,7 +366,8 @@ def study_from_run(db: SurveyDB, media_dir: str | Path, name: str, plan: RunPlan
         if session.scalar(select(Study.id).where(Study.name == name)) is not None:
             raise StudyError(f"a study named {name!r} already exists in this database; choose another name")
     units = units_from_configs(bundle, plan.configs, pairs, seed, respacing=plan.respacing, sampler=plan.sampler,
-                               eta=plan.eta, batch_size=batch_size, bundle_path=bundle_path, progress=progress)
+                               eta=plan.eta, batch_size=batch_size, bundle_path=bundle_path, workers=workers,
+                               progress=progress)
     return create_study(db, media_dir, name, units, [c.name for c in plan.configs], study_plan,
                         {**plan.source(), "bundle_path": bundle_path})
 
