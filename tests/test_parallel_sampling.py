@@ -19,6 +19,8 @@ def test_split_batches_cover_every_unit_once_and_feed_every_worker():
         assert flat == list(range(n))
         assert max(len(r) for r in ranges) <= size
         assert len(ranges) >= min(workers, n)
+        assert max(len(r) for r in ranges) - min(len(r) for r in ranges) <= 1  # the workers finish together
+    assert [len(r) for r in split_batches(200, 64, 2)] == [50, 50, 50, 50]
     with pytest.raises(ValueError):
         split_batches(0, 4, 2)
 
