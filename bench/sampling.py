@@ -13,7 +13,8 @@ Sections (``--only`` picks some):
             the engine's and the baseline's samples from the same x_T and noise.
 ``lab``     the lab's default side by side on the bundle (4 seeds x the bundle's
             default columns, the lab's default steps, traced as the lab traces it),
-            fp32 and bf16.
+            fp32 and bf16; the gradient inspector and the Stability run with their
+            defaults, through the lab's own view functions (fp32).
 ``survey``  ``python -m survey create --from-bundle --pairs N`` end to end (sampling,
             PNGs, database), fp32 and bf16, wall time: one process with one thread (the
             baseline), one process with a thread per core, one single-thread worker
@@ -235,7 +236,41 @@ def bench_lab(args: argparse.Namespace) -> dict[str, Any]:
     bundle.to("cpu", "fp32")
     return {"columns": [c.name for c in configs], "seeds": len(seeds), "steps": steps,
             "seconds": {p: statistics.median(ts["wall"]) for p, ts in times.items()},
-            "cpu_seconds": {p: statistics.median(ts["cpu"]) for p, ts in times.items()}, "runs": times}
+            "cpu_seconds": {p: statistics.median(ts["cpu"]) for p, ts in times.items()}, "runs": times,
+            "views": bench_lab_views(args)}
+
+
+def bench_lab_views(args: argparse.Namespace) -> dict[str, Any]:
+    """The gradient inspector and the Stability run with the lab's defaults, timed through
+    the lab's own view functions (fp32; empty when the lab's dependencies are missing)."""
+    try:
+        from app.columns import stability_choices
+        from app.state import LabState
+        from app.views.inspector import default_timesteps, inspect
+        from app.views.stability import DEFAULT_BATCH, DEFAULT_STEPS, analyse, stability_run
+    except ImportError:  # pragma: no cover - the lab's optional dependencies are missing
+        return {}
+    from engine.bundles import load_bundle
+
+    bundle = load_bundle(args.bundle)
+    with tempfile.TemporaryDirectory() as tmp:
+        state = LabState(bundle, run_dir=tmp)
+        timesteps = default_timesteps(bundle.diffusion_config.steps)
+        _, ticked = stability_choices(bundle)
+        steps = args.stability_steps or DEFAULT_STEPS
+
+        def inspector() -> Any:
+            return inspect(state, None, bundle.class_names[0], timesteps, None, 0, False)
+
+        def stability() -> Any:
+            record = stability_run(state, "bench", ticked, None, DEFAULT_BATCH, steps, 0, "DDPM", False)
+            return analyse(record, "applied")
+
+        times = interleaved({"inspector": inspector, "stability": stability}, max(1, args.repeats - 1))
+    return {"inspector_timesteps": timesteps, "stability_columns": ticked, "stability_images": DEFAULT_BATCH,
+            "stability_steps": steps,
+            "seconds": {k: statistics.median(v["wall"]) for k, v in times.items()},
+            "cpu_seconds": {k: statistics.median(v["cpu"]) for k, v in times.items()}}
 
 
 def bench_survey(args: argparse.Namespace) -> dict[str, Any]:
@@ -321,6 +356,14 @@ def table(results: dict[str, Any]) -> str:
                       f"{lab['columns']}, {lab['steps']} DDPM steps, traced): {cells}"]
         if "fp32" in lab["seconds"] and "bf16" in lab["seconds"]:
             lines[-1] += f"; bf16 {lab['cpu_seconds']['fp32'] / lab['cpu_seconds']['bf16']:.2f}x fp32 (CPU time)"
+        views = lab.get("views") or {}
+        if views:
+            sec, cpu = views["seconds"], views["cpu_seconds"]
+            lines += ["", f"lab gradient inspector (timesteps {views['inspector_timesteps']}, every guide): "
+                          f"{sec['inspector'] * 1000:.0f} ms wall ({cpu['inspector'] * 1000:.0f} ms CPU); Stability run "
+                          f"({views['stability_images']} images x {len(views['stability_columns'])} columns "
+                          f"{views['stability_columns']}, {views['stability_steps']} DDPM steps, with its figure): "
+                          f"{sec['stability']:.1f} s wall ({cpu['stability']:.1f} s CPU), fp32"]
     if "survey" in results:
         s = results["survey"]
         lines += ["", f"survey create --from-bundle --pairs {s['pairs']} (2 methods, batch {s['batch']}, bundle default "
@@ -350,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up round (default: 3)")
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
                    help="precisions of the engine runs (default: fp32 bf16)")
+    p.add_argument("--stability-steps", type=int, default=None,
+                   help="lab section: steps of the Stability run (default: the lab's default)")
     p.add_argument("--survey-pairs", type=int, default=16, help="survey section: pairs to create (default: 16)")
     p.add_argument("--survey-batch", type=int, default=64, help="survey section: --batch-size (default: 64)")
     p.add_argument("--survey-cores", type=int, default=None,

@@ -13,7 +13,7 @@ def test_bench_runs_every_section(tmp_path, tiny_bundle_dir, reference, capsys):
     reference("tiny_unet.pt")  # skips (fails under CI) without the shared fixtures
     out = tmp_path / "bench.json"
     main(["--bundle", str(tiny_bundle_dir), "--batch", "2", "--steps", "2", "--repeats", "1", "--survey-pairs", "2",
-          "--survey-batch", "2", "--survey-cores", "2", "--precisions", "fp32", "--json", str(out)])
+          "--survey-batch", "2", "--survey-cores", "2", "--stability-steps", "2", "--precisions", "fp32", "--json", str(out)])
     text = capsys.readouterr().out
     data = json.loads(out.read_text())
     assert data["machine"]["matmul_gflops"]["fp32"] > 0 and data["machine"]["threads"] == 1
@@ -25,6 +25,8 @@ def test_bench_runs_every_section(tmp_path, tiny_bundle_dir, reference, capsys):
     assert {"engine fp32, 1 method", "engine fp32, 2 methods side by side"} <= set(paths)
     assert not any("bf16" in p for p in paths)  # --precisions fp32 (bf16 is tested in test_precision.py)
     assert set(data["lab"]["seconds"]) == {"fp32"} and len(data["lab"]["columns"]) >= 1
+    assert set(data["lab"]["views"]["seconds"]) == {"inspector", "stability"}
+    assert "lab gradient inspector" in text and "Stability run" in text
     survey = data["survey"]["wall_seconds"]
     assert set(survey) == {"fp32"}
     assert set(survey["fp32"]) == {"1 process x 1 thread", "1 process x 2 threads", "2 processes x 1 thread"}
