@@ -105,12 +105,15 @@ def test_manifest_alignment_figures_show_the_mechanism_where_guidance_acts():
         next(c["transfer"] for c in stored["cells"] if c["t"] == 300 and c["eps"] == 8.0))
 
 
-def test_lab_and_survey_defaults_sit_where_the_contrast_was_measured(bundle):
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+def test_lab_and_survey_defaults_sit_where_the_contrast_was_measured(name):
     """The lab opens, and `survey create --from-bundle` generates, in the setting whose
     stored sample figures show the robust guide beating the vanilla one (README, 'What you
     should see'): unconditional denoiser, both guides at the same scale, the measured steps;
     there the paired robust - vanilla precision is positive in every seed set."""
     from types import SimpleNamespace
+
+    bundle = load_bundle(name)
 
     from app.columns import default_rows
     from app.views.sampling import default_seeds, default_steps, default_unconditional
