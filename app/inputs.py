@@ -18,6 +18,7 @@ import torch
 
 from engine.bundles import Bundle
 from engine.columns import STABILISERS, GuidanceConfig, GuidanceSpec, canonical_method, canonical_source
+from engine.diffusion.schedules import respacing_for_steps
 
 MAX_SEED = 2**63 - 1
 MAX_UPLOAD_PIXELS = 40_000_000  # bigger uploads are refused before they are decoded
@@ -122,9 +123,11 @@ def parse_class(bundle: Bundle, value: Any) -> int:
         raise LabInputError(str(exc)) from None
 
 
-def parse_steps(bundle: Bundle, steps: Any, respacing: Any, max_steps: int) -> str:
+def parse_steps(bundle: Bundle, steps: Any, respacing: Any, max_steps: int, sampler: str = "ddpm") -> str:
     """The respacing string of a run: ``respacing`` when given (e.g. ``ddim25`` or
-    ``10,10,5``), else ``steps`` evenly spaced steps. Checked against the process."""
+    ``10,10,5``), else ``steps`` steps spaced for the sampler
+    (``engine.diffusion.schedules.respacing_for_steps``: evenly for DDPM, DDIM's stride for
+    DDIM). Checked against the process."""
     total = bundle.diffusion_config.steps
     text = str(respacing or "").strip()
     if text:
@@ -143,7 +146,7 @@ def parse_steps(bundle: Bundle, steps: Any, respacing: Any, max_steps: int) -> s
         n = parse_int(steps, "steps", 1, limit)
     except LabInputError as exc:
         raise LabInputError(f"{exc} ({why})") from None
-    return str(n)
+    return respacing_for_steps(total, n, str(sampler or "ddpm").strip().lower())
 
 
 # ------------------------------------------------------------------------------ columns

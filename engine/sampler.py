@@ -24,6 +24,7 @@ class label and same random seed" protocol.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -120,6 +121,27 @@ class SampleResult:
                 "configs": [c.to_dict() for c in self.configs], **self.settings}
 
 
+def warn_guided_ddim_from_last_step(diffusion: GaussianDiffusion, configs: Sequence[GuidanceConfig],
+                                    sampler: str) -> None:
+    """Warn when classifier-guided DDIM starts at the process's last timestep T - 1: there
+    DDIM's x0 prediction magnifies the guidance term ~160-fold and guided samples saturate
+    (``engine.diffusion.schedules.respacing_for_steps`` explains it and gives the ``ddimN``
+    spacing that avoids it). The run goes on: it is what guided-diffusion computes too."""
+    if sampler != "ddim" or not any(c.uses_classifier for c in configs):
+        return
+    last = int(diffusion.timestep_map[-1])
+    if last >= diffusion.original_num_steps - 1:
+        steps = diffusion.num_timesteps
+        warnings.warn(
+            f"classifier-guided DDIM starting at t = {last}: guided samples usually saturate there; use the "
+            f"respacing 'ddim{steps}' (DDIM's stride, noisiest step below t = {last}) instead of '{steps}'",
+            GuidedDDIMWarning, stacklevel=3)
+
+
+class GuidedDDIMWarning(UserWarning):
+    """Classifier-guided DDIM from the last timestep (see :func:`warn_guided_ddim_from_last_step`)."""
+
+
 class GuidedStepper:
     """One reverse step for several guidance columns, batching the denoiser across them
     (``denoiser_rows`` rows per call at most; default :data:`CPU_DENOISER_ROWS` on a CPU,
@@ -166,6 +188,7 @@ class GuidedStepper:
                                                class_conditional=class_conditional, null_label=null_label,
                                                clip_denoised=clip_denoised)
                         for c in self.configs}
+        warn_guided_ddim_from_last_step(diffusion, self.configs, sampler)
 
     def reset(self) -> None:
         """Start new trajectories: empty every column's stabiliser state."""

@@ -219,6 +219,7 @@ def test_classifier_free_guidance_follows_its_formula():
     assert out["cfg"].grad_applied is None  # classifier-free guidance adds no classifier gradient
 
 
+@pytest.mark.filterwarnings("ignore::engine.sampler.GuidedDDIMWarning")  # a 10-step toy process, from t = 9
 def test_ddpm_adds_sigma_g_to_the_mean_and_ddim_moves_the_score():
     """Algorithm 1: x_{t-1} = mu + Sigma g + sigma z; Algorithm 2: eps' = eps - sqrt(1 - abar_t) g."""
     from engine.diffusion import DiffusionConfig, create_diffusion

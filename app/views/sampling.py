@@ -71,10 +71,10 @@ def run_side_by_side(state: LabState, session: str, class_value: Any, seeds_text
     seeds = parse_seeds(seeds_text, limits.max_images)
     if labels is None:
         labels = [parse_class(bundle, class_value)] * len(seeds)
-    respacing_text = parse_steps(bundle, steps, respacing, limits.max_steps)
     sampler_name = str(sampler or "ddpm").strip().lower()
     if sampler_name not in ("ddpm", "ddim"):
         raise LabInputError(f"sampler must be DDPM or DDIM, got {sampler!r}")
+    respacing_text = parse_steps(bundle, steps, respacing, limits.max_steps, sampler_name)
     eta_value = parse_float(eta if eta not in (None, "") else 0.0, "eta", 0.0, 1.0)
     configs = configs_from_rows(bundle, read_columns(table), bool(unconditional))
     check_image_budget(seeds, len(configs), limits.max_images)

@@ -44,6 +44,29 @@ def named_beta_schedule(name: str, num_steps: int) -> np.ndarray:
     raise ValueError(f"unknown noise schedule {name!r}: use 'linear' or 'cosine'")
 
 
+def respacing_for_steps(num_timesteps: int, steps: int, sampler: str = "ddpm") -> str:
+    """The respacing string for ``steps`` sampling steps of a ``num_timesteps`` process.
+
+    DDPM: ``"N"``, N steps spread evenly over the whole process, from t = T - 1 (Nichol &
+    Dhariwal 2021). DDIM: ``"ddimN"``, the DDIM paper's constant stride from t = 0 (Song et
+    al. 2021), whose noisiest step stays below T - 1, or ``"N"`` when no integer stride gives
+    exactly N steps. Guided DDIM must not start at t = T - 1: there sqrt(abar) is tiny (0.006
+    for the linear schedule), DDIM's x0 prediction x0 = (x_t - sqrt(1 - abar) eps~) / sqrt(abar)
+    multiplies the guidance term of eps~ = eps - sqrt(1 - abar) g by (1 - abar) / sqrt(abar)
+    ~ 160, and every guided sample saturates (measured on the shipped MNIST bundle: FID 56
+    with respacing "10" against 11 with "ddim10"; README, "DDIM with few steps")."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if sampler == "ddim":
+        text = f"ddim{steps}"
+        try:
+            space_timesteps(num_timesteps, text)
+            return text
+        except ValueError:
+            pass
+    return str(steps)
+
+
 def space_timesteps(num_timesteps: int, section_counts: str | list[int] | int) -> list[int]:
     """Which steps of the original process to keep, as guided-diffusion spells it.
 
