@@ -28,6 +28,7 @@ from .bundle_index import UnknownBundle, default_bundle_dir, resolve_bundle
 from .checkpoints import BundleError, load_model_file, load_published
 from .columns import GuidanceSpec
 from .diffusion import DiffusionConfig, GaussianDiffusion, create_diffusion
+from .diffusion.schedules import respacing_for_steps
 from .guidance import Guide, GuidanceConfig
 from .nets import UNetModel
 from .nets.flags import diffusion_kwargs
@@ -115,6 +116,14 @@ class Bundle:
         return create_diffusion(self.diffusion_config.respaced(respacing if respacing is not None
                                                                else self.default_respacing))
 
+    def default_respacing_for(self, sampler: str = "ddpm") -> str:
+        """The bundle's default respacing, a plain step count spaced for ``sampler``
+        (``engine.diffusion.schedules.respacing_for_steps``: DDIM's stride for DDIM)."""
+        text = str(self.default_respacing or "").strip()
+        if sampler == "ddim" and text.isdigit():
+            return respacing_for_steps(self.diffusion_config.steps, int(text), "ddim")
+        return text
+
     def to(self, device: str | torch.device, precision: str = "fp32") -> "Bundle":
         """Move every network; ``precision`` bf16 / fp16 runs the denoiser under autocast
         (``engine.precision``; on CUDA its torso convolutions are cast too); classifier
@@ -162,10 +171,12 @@ class Bundle:
                respacing: str | None = None, sampler: str = "ddpm", eta: float = 0.0,
                trace: TraceOptions | None = None, **kwargs: Any) -> SampleResult:
         """Side-by-side sampling with this bundle's networks (see :func:`engine.sampler.sample`)."""
+        if respacing is None:
+            respacing = self.default_respacing_for(sampler)
         result = sample(self.denoiser, self.diffusion(respacing), configs, labels, seeds=seeds,
                         guides=self.guides, sampler=sampler, eta=eta, null_label=self.null_label,
                         trace=trace, device=self.device, **{"precision": self.precision, **kwargs})
-        result.settings["respacing"] = respacing if respacing is not None else self.default_respacing
+        result.settings["respacing"] = respacing
         result.settings["bundle"] = self.name
         return result
 

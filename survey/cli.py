@@ -371,8 +371,13 @@ def cmd_create(args: argparse.Namespace) -> int:
         bundle_path = args.diffusers_dir or bundle.source
         defaults = bundle_survey_defaults(bundle)
         specs = [MethodSpec.parse(m) for m in args.methods or defaults["methods"]]
-        args.respacing = args.respacing if args.respacing is not None else defaults.get("respacing")
         args.sampler = args.sampler or defaults.get("sampler")
+        if args.respacing is None:  # the bundle's steps, spaced for the sampler (DDIM: its own stride)
+            from engine.diffusion.schedules import respacing_for_steps
+
+            default = str(defaults.get("respacing") or bundle.default_respacing or "").strip()
+            args.respacing = respacing_for_steps(bundle.diffusion_config.steps, int(default), args.sampler or "ddpm") \
+                if default.isdigit() else (default or None)
         n = args.pairs if args.pairs is not None else 200
 
         progress = GenerationProgress(len(specs))

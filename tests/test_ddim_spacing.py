@@ -60,3 +60,34 @@ def test_on_the_shipped_models_ddim_spacing_keeps_guided_samples_usable():
             x = bundle.sample(columns, labels, seeds, respacing=respacing, sampler="ddim").images["robust"]
             saturated[respacing] = float((x.abs() > 0.99).float().mean())
     assert saturated["10"] > 0.9 and saturated["ddim10"] < 0.3, saturated
+
+
+def test_the_bundles_default_steps_are_spaced_for_the_sampler(tiny_bundle):
+    default = tiny_bundle.default_respacing
+    assert default.isdigit()
+    assert tiny_bundle.default_respacing_for("ddpm") == default
+    assert tiny_bundle.default_respacing_for("ddim") == f"ddim{default}"
+    guided = [tiny_bundle.default_config("robust", name="robust")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GuidedDDIMWarning)  # the default DDIM run does not start at t = T - 1
+        result = tiny_bundle.sample(guided, [0], [0], sampler="ddim")
+    assert result.settings["respacing"] == f"ddim{default}"
+
+
+def test_survey_create_spaces_the_bundles_steps_for_ddim(tmp_path, tiny_bundle_dir):
+    from sqlalchemy import select
+
+    from survey.cli import main
+    from survey.db import open_db
+    from survey.models import Image
+
+    db_path = tmp_path / "s.db"
+    assert main(["create", "--db", str(db_path), "--name", "d", "--from-bundle", str(tiny_bundle_dir), "--pairs", "2",
+                 "--sampler", "ddim", "--methods", "vanilla:0.5", "robust:1", "--workers", "1"]) == 0
+    db = open_db(db_path)
+    try:
+        with db.session() as session:
+            runs = {img.config["run"]["respacing"] for img in session.scalars(select(Image)) if img.config}
+    finally:
+        db.dispose()
+    assert runs and all(r.startswith("ddim") for r in runs), runs

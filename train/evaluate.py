@@ -49,6 +49,7 @@ import torch
 
 from .model_args import add_model_args, open_from_args
 from engine.data import load_split
+from engine.diffusion.schedules import respacing_for_steps
 from engine.guidance import GuidanceConfig, GuidanceSpec
 from engine.metrics import (InceptionV3Features, JudgeFeatures, class_accuracy, extract_features, frechet_distance,
                             precision_recall, real_baseline)
@@ -110,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", type=int, default=30, help="images per class per replicate (default: 30)")
     p.add_argument("--replicates", type=int, default=3, help="independent seed sets (default: 3)")
     p.add_argument("--seed", type=int, default=0, help="base seed (replicate r, image i: seed + r*1e6 + i)")
-    p.add_argument("--respacing", default="50", help="sampling steps (default: 50)")
+    p.add_argument("--respacing", default=None,
+                   help="sampling steps, e.g. 25 or ddim25 (default: 50 steps, spaced for the sampler: 50 for DDPM, "
+                        "ddim50 for DDIM)")
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
     p.add_argument("--batch-size", type=int, default=100, help="seeds per sampler call (default: 100)")
     p.add_argument("--group", type=int, default=6, help="configs sampled side by side per call (default: 6)")
@@ -395,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, info: DistInfo, methods: list[str], scales: list[float], modes: list[str],
         pairs: list[tuple[str, str]]) -> int:
     bundle = open_from_args(args, str(info.device))
+    if args.respacing is None:  # 50 steps, spaced for the sampler (DDIM: its own stride, see respacing_for_steps)
+        total = getattr(getattr(bundle, "diffusion_config", None), "steps", 1000)
+        args.respacing = respacing_for_steps(total, 50, args.sampler)
     if "unconditional" in modes and bundle.null_label is None and bundle.denoiser.num_classes is not None:
         raise SystemExit("--modes unconditional needs a denoiser trained with a null label")
     points = build_points(methods, scales, modes, bundle)
