@@ -203,6 +203,21 @@ def test_column_presets(client):
     assert [r["column"] for r in rows(client.predict(api_name="/columns_paper")) if r["run"]] == ["vanilla", "robust"]
 
 
+def test_few_step_ddim_and_bundle_default_settings(client):
+    """The Settings buttons: few-step DDIM sets 10 DDIM steps (spaced with DDIM's stride when
+    the run goes, so guided DDIM does not start at t = T - 1); Bundle defaults brings back the
+    bundle's opening settings."""
+    steps, sampler, respacing = client.predict(api_name="/settings_few_step_ddim")
+    assert (steps, sampler, respacing) == (10, "DDIM", "")
+    out = client.predict(*sample_args(steps=steps, sampler=sampler, respacing=respacing), api_name="/sample")
+    files = {Path(f).name: f for f in out[6]}
+    config = json.loads(Path(files["run_config.json"]).read_text())
+    assert config["sampler"] == "ddim" and config["respacing"] == "ddim10"
+    steps, sampler, respacing, unconditional, seeds, table = client.predict(api_name="/settings_defaults")
+    assert (sampler, respacing) == ("DDPM", "") and isinstance(steps, (int, float)) and steps >= 1
+    assert [r["column"] for r in rows(table)] == [r["column"] for r in rows(client.predict(api_name="/columns_all"))]
+
+
 @pytest.mark.parametrize("change, message", [
     ({"seeds": "a,b"}, "not an integer"),
     ({"seeds": "1.5"}, "not an integer"),

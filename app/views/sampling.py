@@ -61,6 +61,26 @@ def default_seeds(state: LabState) -> str:
     return str(seeds) if isinstance(seeds, str) and seeds.strip() else DEFAULT_SEEDS
 
 
+SETTINGS_HELP = ("**Settings.** *Few-step DDIM*: 10 deterministic DDIM steps (DDIM's stride, `ddim10`), where "
+                 "the vanilla guide's gradients visibly spoil digits and the robust guide's still help (MNIST, "
+                 "unconditional, s = 16: FID 11.1 vs 5.8, judge accuracy 0.68 vs 0.87; README, *DDIM with few "
+                 "steps*). *Bundle defaults*: back to the bundle's measured setting.")
+FEW_STEP_DDIM_STEPS = 10
+
+
+def few_step_settings() -> tuple[int, str, str]:
+    """Steps, sampler and respacing of the few-step DDIM setting (the Steps box spaces them
+    with DDIM's stride, so the respacing box is cleared)."""
+    return FEW_STEP_DDIM_STEPS, "DDIM", ""
+
+
+def default_settings(state: LabState) -> tuple[Any, ...]:
+    """The side by side's opening settings for the loaded bundle: steps, sampler, respacing,
+    unconditional switch, seeds and column table."""
+    return (default_steps(state), "DDPM", "", default_unconditional(state), default_seeds(state),
+            cols.default_table(state.bundle))
+
+
 def run_side_by_side(state: LabState, session: str, class_value: Any, seeds_text: Any, steps: Any, respacing: Any,
                      sampler: str, eta: Any, table: Any, unconditional: bool, monitors: list[str] | None,
                      frames: Any, progress: Callable[[int, int], None] | None = None, kind: str = "side-by-side",
@@ -152,6 +172,10 @@ def build(state: LabState, concurrency: int) -> View:
                 unconditional = gr.Checkbox(default_unconditional(state), label="Unconditional denoiser (null label)",
                                             info="GradCheck's setting: the denoiser ignores the class and only the "
                                                  "classifier steers (classifier-free columns stay conditional)")
+                gr.Markdown(SETTINGS_HELP)
+                with gr.Row():
+                    few_step_btn = gr.Button("Few-step DDIM", size="sm", elem_id="sample-few-step")
+                    defaults_btn = gr.Button("Bundle defaults", size="sm", elem_id="sample-defaults")
                 with gr.Accordion("Columns", open=True):
                     gr.Markdown(COLUMNS_HELP)
                     with gr.Row():
@@ -242,6 +266,10 @@ def build(state: LabState, concurrency: int) -> View:
         control.input(rerender, [run_id, frames, signed, gradient], outputs[:6],
                       api_name="rerender_sampling" if i == 0 else None,
                       api_visibility="public" if i == 0 else "private", concurrency_id="light", concurrency_limit=4)
+    few_step_btn.click(lambda: few_step_settings(), None, [steps, sampler, respacing], api_name="settings_few_step_ddim",
+                       concurrency_limit=None)
+    defaults_btn.click(lambda: default_settings(state), None, [steps, sampler, respacing, unconditional, seeds, table],
+                       api_name="settings_defaults", concurrency_limit=None)
     for key, button in preset_buttons.items():
         button.click(user_errors(lambda key=key: cols.preset_table(state.bundle, key)), None, table,
                      api_name=f"columns_{key}", concurrency_limit=None)
