@@ -73,10 +73,14 @@ _worker: dict[str, Any] = {}
 
 
 def _init_worker(bundle_source: str, device: str, precision: str, steps_queue: Any) -> None:
+    import warnings
+
     import torch
 
     from .bundles import load_bundle
+    from .sampler import GuidedDDIMWarning
 
+    warnings.simplefilter("ignore", GuidedDDIMWarning)  # the parent warns once, before its progress bar
     torch.set_num_threads(1)
     _worker["bundle"] = load_bundle(bundle_source).to(device, precision)
     _worker["queue"] = steps_queue

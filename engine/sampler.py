@@ -121,21 +121,33 @@ class SampleResult:
                 "configs": [c.to_dict() for c in self.configs], **self.settings}
 
 
+def guided_ddim_from_last_step(diffusion: GaussianDiffusion, configs: Sequence[GuidanceConfig],
+                               sampler: str) -> str | None:
+    """The warning text when classifier-guided DDIM starts at the process's last timestep
+    T - 1, where DDIM's x0 prediction magnifies the guidance term (by ~20,000 for the cosine
+    schedule) and guided samples saturate; None otherwise
+    (``engine.diffusion.schedules.respacing_for_steps`` explains it and gives the spacing
+    that avoids it)."""
+    from .diffusion.schedules import respacing_for_steps
+
+    if sampler != "ddim" or not any(c.uses_classifier for c in configs):
+        return None
+    total, last = diffusion.original_num_steps, int(diffusion.timestep_map[-1])
+    if last < total - 1:
+        return None
+    better = respacing_for_steps(total, min(diffusion.num_timesteps, total // 2), "ddim")
+    return (f"classifier-guided DDIM whose first step is t = {last} (the last of the process): guided samples "
+            f"usually saturate there. Use a respacing with DDIM's stride, which starts below t = {last}: "
+            f"'{better}' for {better[4:]} steps")
+
+
 def warn_guided_ddim_from_last_step(diffusion: GaussianDiffusion, configs: Sequence[GuidanceConfig],
                                     sampler: str) -> None:
-    """Warn when classifier-guided DDIM starts at the process's last timestep T - 1: there
-    DDIM's x0 prediction magnifies the guidance term ~160-fold and guided samples saturate
-    (``engine.diffusion.schedules.respacing_for_steps`` explains it and gives the ``ddimN``
-    spacing that avoids it). The run goes on: it is what guided-diffusion computes too."""
-    if sampler != "ddim" or not any(c.uses_classifier for c in configs):
-        return
-    last = int(diffusion.timestep_map[-1])
-    if last >= diffusion.original_num_steps - 1:
-        steps = diffusion.num_timesteps
-        warnings.warn(
-            f"classifier-guided DDIM starting at t = {last}: guided samples usually saturate there; use the "
-            f"respacing 'ddim{steps}' (DDIM's stride, noisiest step below t = {last}) instead of '{steps}'",
-            GuidedDDIMWarning, stacklevel=3)
+    """Warn (:class:`GuidedDDIMWarning`) with :func:`guided_ddim_from_last_step`'s text. The
+    run goes on: it is what guided-diffusion computes too."""
+    text = guided_ddim_from_last_step(diffusion, configs, sampler)
+    if text is not None:
+        warnings.warn(text, GuidedDDIMWarning, stacklevel=3)
 
 
 class GuidedDDIMWarning(UserWarning):

@@ -194,8 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gold-rate", type=float, default=0.0, help="gold (attention check) items per main item")
     p.add_argument("--repeat-rate", type=float, default=0.0, help="repeated (sides flipped) items per main item")
     p.add_argument("--seed", type=int, default=0, help="draws classes, seeds, subsets and gold pairs")
-    p.add_argument("--respacing", default=None, help="sampling steps, e.g. 250 (bundle default otherwise)")
-    p.add_argument("--sampler", default=None, choices=["ddpm", "ddim"], help="sampler of the bundle (default: ddpm)")
+    p.add_argument("--respacing", default=None,
+                   help="sampling steps, e.g. 25 or ddim25, taken as written (default: the bundle's survey steps, "
+                        "spaced with DDIM's stride, ddimN, for --sampler ddim)")
+    p.add_argument("--sampler", default=None, choices=["ddpm", "ddim"],
+                   help="default: the bundle's survey sampler, else ddpm")
     p.add_argument("--batch-size", type=int, default=64,
                    help="units generated at once (default: 64; larger batches are faster while memory lasts)")
     p.add_argument("--workers", default="auto", type=_workers_arg,
@@ -324,8 +327,8 @@ def bundle_survey_defaults(bundle: Any) -> dict[str, Any]:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    from .create import MethodSpec, StudyPlan, create_study, read_class_names, units_from_bundle, units_from_folders, \
-        units_from_npz
+    from .create import MethodSpec, StudyPlan, check_name_free, create_study, read_class_names, units_from_bundle, \
+        units_from_folders, units_from_npz
     from .db import open_db
     from .progress import GenerationProgress
 
@@ -336,6 +339,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     plan = StudyPlan(args.per_rater, args.gold_rate, args.repeat_rate, args.seed, _rules(args) or ExclusionRules(),
                      args.fast_ms)
     db = open_db(args.db)
+    check_name_free(db, args.name)  # before any image is generated
     class_names = read_class_names(args.class_names)
     if args.guide and not args.diffusers_dir:
         raise SystemExit("--guide goes with --diffusers-dir (a bundle folder names its own guides)")
@@ -346,9 +350,11 @@ def cmd_create(args: argparse.Namespace) -> int:
         plan_of_run, bundle, bundle_path = run
         progress = GenerationProgress(len(plan_of_run.configs))
         n = args.pairs if args.pairs is not None else 200
+        workers = _resolve_workers(args.workers, n, bundle)
+        _say_workers(workers, args.workers)
         study_id = study_from_run(db, media, args.name, plan_of_run, bundle, n, seed=args.seed, study_plan=plan,
-                                  bundle_path=bundle_path, batch_size=args.batch_size,
-                                  workers=_resolve_workers(args.workers, n, bundle), progress=progress)
+                                  bundle_path=bundle_path, batch_size=args.batch_size, workers=workers,
+                                  progress=progress)
         return _created(db, args.name, study_id, media)
     if args.from_bundle is not None or args.diffusers_dir:
         from engine.bundles import load_bundle
@@ -382,6 +388,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
         progress = GenerationProgress(len(specs))
         workers = 1 if args.diffusers_dir and args.workers == "auto" else _resolve_workers(args.workers, n, bundle)
+        _say_workers(workers, args.workers)
         units = units_from_bundle(bundle, specs, n, args.seed, respacing=args.respacing, sampler=args.sampler or "ddpm",
                                   batch_size=args.batch_size, bundle_path=bundle_path, workers=workers,
                                   progress=progress)
@@ -459,6 +466,16 @@ def _resolve_workers(workers: str | int, pairs: int, bundle) -> int:  # noqa: AN
     from engine.parallel_sampling import auto_workers
 
     return auto_workers(pairs, str(bundle.device)) if workers == "auto" else int(workers)
+
+
+def _say_workers(workers: int, asked: str | int) -> None:
+    """One line on stderr: how many processes generate, and a note when that exceeds the cores."""
+    from engine.parallel_sampling import available_cores
+
+    cores = available_cores()
+    how = "auto: " if asked == "auto" else ""
+    note = f"; more than the {cores} core(s) available, so they share them (slower)" if workers > cores else ""
+    print(f"generating with {how}{workers} process(es){note}", file=sys.stderr)
 
 
 def _to_device(bundle, device: str, precision: str) -> None:  # noqa: ANN001 - an engine Bundle

@@ -148,17 +148,28 @@ def units_from_configs(bundle: Any, configs: Sequence[Any], n_units: int, seed: 
         raise StudyError("--pairs must be at least 1")
     if workers < 1:
         raise StudyError(f"--workers must be at least 1, got {workers}")
+    import warnings
+
+    from engine.sampler import GuidedDDIMWarning, guided_ddim_from_last_step
+
     rng = np.random.default_rng(seed)
     classes = rng.integers(0, bundle.num_classes, n_units).tolist()
     seeds = rng.choice(2**31 - 1, size=n_units, replace=False).tolist()
     units: list[Unit] = []
+    if respacing is None and hasattr(bundle, "default_respacing_for"):
+        respacing = bundle.default_respacing_for(sampler)
+    ddim_warning = guided_ddim_from_last_step(bundle.diffusion(respacing), configs, sampler)
+    if ddim_warning is not None:  # once, here, before the progress bar (not once per batch or worker)
+        warnings.warn(ddim_warning, GuidedDDIMWarning, stacklevel=2)
     if progress is not None:
         progress(0, n_units)
-    if workers > 1:
-        sampled = _sample_in_workers(bundle, configs, classes, seeds, batch_size, workers, respacing, sampler, eta,
-                                     progress)
-    else:
-        sampled = _sample_here(bundle, configs, classes, seeds, batch_size, respacing, sampler, eta, progress)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GuidedDDIMWarning)
+        if workers > 1:
+            sampled = _sample_in_workers(bundle, configs, classes, seeds, batch_size, workers, respacing, sampler,
+                                         eta, progress)
+        else:
+            sampled = _sample_here(bundle, configs, classes, seeds, batch_size, respacing, sampler, eta, progress)
     import torch
 
     threads = 1 if workers > 1 else torch.get_num_threads()
@@ -351,6 +362,16 @@ def check_run_against_bundle(plan: RunPlan, bundle: Any) -> None:
                          "which the loaded models lack")
 
 
+def check_name_free(db: SurveyDB, name: str) -> str:
+    """``name`` validated and not yet used in ``db`` (checked before any image is generated,
+    so a taken name costs nothing); the name, stripped."""
+    name = validate_name(name)
+    with db.session() as session:
+        if session.scalar(select(Study.id).where(Study.name == name)) is not None:
+            raise StudyError(f"a study named {name!r} already exists in this database; choose another --name")
+    return name
+
+
 def study_from_run(db: SurveyDB, media_dir: str | Path, name: str, plan: RunPlan, bundle: Any, pairs: int, *,
                    seed: int = 0, study_plan: StudyPlan | None = None, bundle_path: str | None = None,
                    batch_size: int = 16, workers: int = 1,
@@ -361,10 +382,7 @@ def study_from_run(db: SurveyDB, media_dir: str | Path, name: str, plan: RunPlan
     regenerates it. Refused before anything is generated when the models lack what the run
     needs or the name is taken; returns the new study's id."""
     check_run_against_bundle(plan, bundle)
-    name = validate_name(name)
-    with db.session() as session:
-        if session.scalar(select(Study.id).where(Study.name == name)) is not None:
-            raise StudyError(f"a study named {name!r} already exists in this database; choose another name")
+    name = check_name_free(db, name)
     units = units_from_configs(bundle, plan.configs, pairs, seed, respacing=plan.respacing, sampler=plan.sampler,
                                eta=plan.eta, batch_size=batch_size, bundle_path=bundle_path, workers=workers,
                                progress=progress)

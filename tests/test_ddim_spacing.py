@@ -18,7 +18,11 @@ def test_a_step_count_is_spaced_for_the_sampler():
     assert respacing_for_steps(1000, 25, "ddpm") == "25"
     assert respacing_for_steps(1000, 25, "ddim") == "ddim25"
     assert max(space_timesteps(1000, "ddim25")) == 960 and max(space_timesteps(1000, "25")) == 999
-    assert respacing_for_steps(1000, 600, "ddim") == "600"  # no integer stride gives 600 steps
+    assert respacing_for_steps(1000, 600, "ddim") == "ddim500"  # no stride gives 600: the nearest count one gives
+    assert respacing_for_steps(1000, 333, "ddim") == "ddim250"  # ddim334 is stride 3, which ends at t = 999
+    assert respacing_for_steps(1000, 1000, "ddim") == "ddim500"  # stride 1 would start at t = 999
+    for n in (1, 7, 25, 333, 600, 1000):  # every DDIM spacing starts below the last timestep
+        assert max(space_timesteps(1000, respacing_for_steps(1000, n, "ddim"))) < 999
     with pytest.raises(ValueError):
         respacing_for_steps(1000, 0, "ddim")
 
@@ -35,8 +39,10 @@ def _sample(bundle, respacing, columns, sampler="ddim"):
 
 def test_guided_ddim_from_the_last_timestep_warns_and_ddim_spacing_does_not(tiny_bundle):
     guided = [tiny_bundle.default_config("robust", name="robust")]
-    with pytest.warns(GuidedDDIMWarning, match="ddim4"):
+    with pytest.warns(GuidedDDIMWarning, match="'ddim4' for 4 steps"):
         _sample(tiny_bundle, "4", guided)
+    with pytest.warns(GuidedDDIMWarning, match="'ddim500' for 500 steps"):  # advice that exists: not ddim1000
+        tiny_bundle.sample(guided, [1], [0], respacing="", sampler="ddim")
     with warnings.catch_warnings():
         warnings.simplefilter("error", GuidedDDIMWarning)
         _sample(tiny_bundle, "ddim4", guided)                      # DDIM's stride: starts at t = 750

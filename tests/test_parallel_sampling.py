@@ -81,3 +81,28 @@ def test_workers_refused_without_a_bundle_folder_or_below_one(tiny_bundle, monke
     monkeypatch.setattr(tiny_bundle, "source", None)
     with pytest.raises(StudyError, match="--workers 1"):
         units_from_configs(tiny_bundle, configs, 2, workers=2)
+
+
+def test_a_taken_name_is_refused_before_any_image_is_generated(tmp_path, tiny_bundle_dir, capsys):
+    from survey.cli import main
+
+    db = str(tmp_path / "s.db")
+    base = ["create", "--db", db, "--from-bundle", str(tiny_bundle_dir), "--methods", "vanilla:0.5", "robust:1",
+            "--respacing", "2", "--workers", "1"]
+    assert main([*base, "--name", "one", "--pairs", "2"]) == 0
+    assert "generating with 1 process(es)" in capsys.readouterr().err
+    assert main([*base, "--name", "one", "--pairs", "2"]) != 0
+    err = capsys.readouterr().err
+    assert "already exists" in err and "generating" not in err  # refused before the bar started
+
+
+def test_guided_ddim_from_the_last_step_warns_once_before_the_bar(tiny_bundle):
+    import warnings as w
+
+    from engine.sampler import GuidedDDIMWarning
+
+    configs = [tiny_bundle.default_config("robust", name="robust")]
+    with w.catch_warnings(record=True) as caught:
+        w.simplefilter("always")
+        units_from_configs(tiny_bundle, configs, 4, respacing="3", sampler="ddim", batch_size=1, workers=1)
+    assert [str(c.message) for c in caught if c.category is GuidedDDIMWarning].__len__() == 1

@@ -14,7 +14,7 @@ Examples::
     # column specs: robust at scale 2 and the non-robust guide through x0 with Adam
     python -m train.sample --out samples/specs --guides unguided,robust:2,nonrobust@x0+adam:0.05
     # a config file (a JSON list of engine.guidance.GuidanceConfig dicts or column specs)
-    python -m train.sample --out samples/x0 --configs configs.json --respacing 50 --sampler ddim
+    python -m train.sample --out samples/x0 --configs configs.json --respacing ddim50 --sampler ddim
     # the paper's ImageNet 128 setting on a GPU, 4 processes
     torchrun --nproc_per_node=4 -m train.sample --out samples/in128 --preset-set imagenet128 \\
         --denoiser 128x128_diffusion.pt --guide vanilla=128x128_classifier.pt --guide robust=robust.pt \\
@@ -57,8 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the scale of every --guides config that does not give one")
     p.add_argument("--configs", type=Path, default=None,
                    help="JSON list of GuidanceConfig dicts or column specs")
-    p.add_argument("--respacing", default=None, help="e.g. 100, ddim50, 10,15,20 (default: the bundle's)")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
+    p.add_argument("--respacing", default=None,
+                   help="e.g. 100, ddim50, 10,15,20, taken as written (default: the bundle's steps; for --sampler ddim "
+                        "spaced with DDIM's stride, ddimN, since guided DDIM from t = T-1 saturates)")
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm",
+                   help="ddpm (default) or ddim (deterministic with --eta 0)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default: 0)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
