@@ -108,32 +108,39 @@ def test_manifest_alignment_figures_show_the_mechanism_where_guidance_acts():
 @pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
 def test_lab_and_survey_defaults_sit_where_the_contrast_was_measured(name):
     """The lab opens, and `survey create --from-bundle` generates, in the setting whose
-    stored sample figures show the robust guide beating the vanilla one (README, 'What you
-    should see'): unconditional denoiser, both guides at the same scale, the measured steps;
-    there the paired robust - vanilla precision is positive in every seed set."""
+    stored sample figures (``lab.measured`` names them) show the robust guide beating the
+    vanilla one (README, 'What you should see'): unconditional denoiser, both guides at the
+    same scale, the measured sampler and steps; there the paired robust - vanilla difference
+    favours the robust guide in every seed set on FID, precision or judge accuracy."""
     from types import SimpleNamespace
 
-    bundle = load_bundle(name)
-
     from app.columns import default_rows
-    from app.views.sampling import default_seeds, default_steps, default_unconditional
+    from app.inputs import parse_steps
+    from app.views.sampling import default_sampler, default_seeds, default_steps, default_unconditional
     from survey.cli import bundle_survey_defaults
     from survey.create import MethodSpec
 
+    bundle = load_bundle(name)
     state = SimpleNamespace(bundle=bundle)
-    assert default_unconditional(state) is True and default_steps(state) == 25 and default_seeds(state) == "0-7"
+    sampler = default_sampler(state).lower()
+    respacing = parse_steps(bundle, default_steps(state), "", 1000, sampler)
+    assert default_unconditional(state) is True and default_seeds(state) == "0-7"
     ticked = {row[3]: row[4] for row in default_rows(bundle) if row[0] and row[2] == "classifier"}
     assert set(ticked) == {"vanilla", "robust"} and ticked["vanilla"] == ticked["robust"]
     scale = ticked["robust"]
-    figures = bundle.manifest["figures"]["guided_samples_unconditional"]
+    figures = bundle.manifest["figures"][bundle.section("lab")["measured"]]
     paired = figures["robust_minus_vanilla"][f"s={scale:g}"]
-    assert paired["replicates"] == 3 and paired["precision_wins"] == 3 and paired["precision"] > 0
-    assert "--respacing 25" in figures["command"] and "--modes unconditional" in figures["command"]
+    assert paired["replicates"] == 3
+    assert any(paired[f"{m}_wins"] == 3 and (paired[m] < 0 if m == "fid" else paired[m] > 0)
+               for m in ("fid", "precision", "accuracy"))
+    assert f"--respacing {respacing} " in figures["command"] and "--modes unconditional" in figures["command"]
+    assert ("--sampler ddim" in figures["command"]) == (sampler == "ddim")
 
     survey = bundle_survey_defaults(bundle)
     configs = [MethodSpec.parse(m).to_config(bundle.guide_info) for m in survey["methods"]]
     assert {c.classifier: c.scale for c in configs} == {"vanilla": scale, "robust": scale}
-    assert {c.denoiser_mode for c in configs} == {"unconditional"} and survey["respacing"] == "25"
+    assert {c.denoiser_mode for c in configs} == {"unconditional"} and survey["respacing"] == respacing
+    assert survey.get("sampler", "ddpm") == sampler
 
 
 def test_fashion_mnist_bundle_is_shipped_with_its_measured_figures():

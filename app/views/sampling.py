@@ -55,6 +55,12 @@ def default_unconditional(state: LabState) -> bool:
     return bool(lab_defaults(state).get("unconditional", False)) and state.bundle.null_label is not None
 
 
+def default_sampler(state: LabState) -> str:
+    """``lab.sampler`` of bundle.json (``ddpm`` or ``ddim``) as the Sampler radio spells it,
+    else DDPM."""
+    return "DDIM" if str(lab_defaults(state).get("sampler", "ddpm")).strip().lower() == "ddim" else "DDPM"
+
+
 def default_seeds(state: LabState) -> str:
     """``lab.seeds`` of bundle.json, else 0-3."""
     seeds = lab_defaults(state).get("seeds")
@@ -77,7 +83,7 @@ def few_step_settings() -> tuple[int, str, str]:
 def default_settings(state: LabState) -> tuple[Any, ...]:
     """The side by side's opening settings for the loaded bundle: steps, sampler, respacing,
     unconditional switch, seeds and column table."""
-    return (default_steps(state), "DDPM", "", default_unconditional(state), default_seeds(state),
+    return (default_steps(state), default_sampler(state), "", default_unconditional(state), default_seeds(state),
             cols.default_table(state.bundle))
 
 
@@ -166,7 +172,7 @@ def build(state: LabState, concurrency: int) -> View:
                 with gr.Row():
                     steps = gr.Number(default_steps(state), label="Steps", precision=0,
                                       info="respaced sampling steps (fewer = faster)", elem_id="sample-steps")
-                    sampler = gr.Radio(["DDPM", "DDIM"], value="DDPM", label="Sampler")
+                    sampler = gr.Radio(["DDPM", "DDIM"], value=default_sampler(state), label="Sampler")
                 eta = gr.Slider(0.0, 1.0, value=0.0, step=0.1, label="DDIM eta",
                                 info="DDIM only: 0 = deterministic, 1 = DDPM-like noise")
                 unconditional = gr.Checkbox(default_unconditional(state), label="Unconditional denoiser (null label)",
@@ -278,6 +284,6 @@ def build(state: LabState, concurrency: int) -> View:
         b = state.bundle
         return [gr.update(choices=class_choices(b.class_names), value=b.class_names[0]), cols.default_table(b),
                 gr.update(choices=list(b.guides), value=list(b.guides)), default_steps(state),
-                default_unconditional(state), default_seeds(state)]
+                default_unconditional(state), default_seeds(state), default_sampler(state)]
 
-    return View([class_dd, table, monitors, steps, unconditional, seeds], refresh)
+    return View([class_dd, table, monitors, steps, unconditional, seeds, sampler], refresh)
