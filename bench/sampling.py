@@ -6,8 +6,8 @@ Sections (``--only`` picks some):
             tiny classifier, batch 16, respacing 25, DDPM, classifier scale 1) against
             a straightforward guided-diffusion-style loop written in bench/baseline.py
             (one method at a time, global RNG, classifier forward + backward per step):
-            the engine for one method and for two methods side by side (against the
-            baseline run twice), fp32 and bf16; FLOPs per step counted with
+            the engine for one method, for two methods in two calls and side by side
+            (against the baseline run twice), fp32 and bf16; FLOPs per step counted with
             torch.utils.flop_counter, achieved GFLOPS and their fraction of a matmul
             measured in the same run (the roofline); the largest difference between
             the engine's and the baseline's samples from the same x_T and noise.
@@ -402,8 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, as reference_speed.json)")
     p.add_argument("--profile", action="store_true",
                    help="print a torch.profiler per-op table of one engine run on the tiny pair, then stop")
-    p.add_argument("--profile-precision", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--profile-rows", type=int, default=25)
+    p.add_argument("--profile-precision", default="fp32", choices=["fp32", "bf16"],
+                   help="precision of the profiled engine run (default: fp32)")
+    p.add_argument("--profile-rows", type=int, default=25, help="rows of the per-op table (default: 25)")
     p.add_argument("--json", type=Path, default=None, help="also write every measurement here")
     return p
 
