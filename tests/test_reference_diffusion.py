@@ -15,6 +15,13 @@ from engine.nets import EncoderUNetModel, UNetModel
 from engine.sampler import GuidedStepper, RecordedNoise, sample
 
 
+def x0_amplification(diffusion, t: torch.Tensor) -> float:
+    """max(1, sqrt(1/abar_t - 1)) over ``t``: how much an error in the network's eps grows in
+    the predicted x0 (Ho et al. 2020, Eq. 15 inverted), the tolerance factor for x0 checks."""
+    factor = torch.as_tensor(diffusion.arrays["sqrt_recipm1_alphas_cumprod"])[t.long()].max()
+    return max(1.0, float(factor))
+
+
 @pytest.fixture(scope="module")
 def nets(reference):
     unet_fx, clf_fx = reference("tiny_unet.pt"), reference("tiny_classifier.pt")
@@ -65,19 +72,25 @@ def test_process_values(reference, nets, key, respacing):
     if "model_output" in rec:
         torch.testing.assert_close(model_out, rec["model_output"], atol=1e-4, rtol=0)
     out = diffusion.p_mean_variance(model_out, x, t, clip_denoised=True)
-    for name in ("mean", "variance", "log_variance", "pred_xstart"):
+    for name in ("mean", "variance", "log_variance"):
         torch.testing.assert_close(out[name], rec["p_mean_variance"][name], atol=1e-4, rtol=0, msg=name)
+    # x0 = sqrt(1/abar) x_t - sqrt(1/abar - 1) eps: the network's rounding (which depends on the thread count)
+    # reaches x0 multiplied by sqrt(1/abar - 1), up to ~200 at the noisiest steps
+    torch.testing.assert_close(out["pred_xstart"], rec["p_mean_variance"]["pred_xstart"], rtol=0,
+                               atol=1e-4 * x0_amplification(diffusion, t), msg="pred_xstart")
     if "p_mean_variance_noclip" in rec:
         noclip = diffusion.p_mean_variance(model_out, x, t, clip_denoised=False)
-        for name in ("mean", "pred_xstart"):
-            torch.testing.assert_close(noclip[name], rec["p_mean_variance_noclip"][name], atol=1e-4, rtol=0)
+        for name in ("mean", "pred_xstart"):  # unclipped, x0's amplified rounding reaches the mean too
+            torch.testing.assert_close(noclip[name], rec["p_mean_variance_noclip"][name], rtol=0,
+                                       atol=1e-4 * x0_amplification(diffusion, t), msg=name)
     x_in = x.clone().requires_grad_(True)
     selected = torch.log_softmax(clf(x_in, net_t), -1)[torch.arange(len(y)), y]
     grad = torch.autograd.grad(selected.sum(), x_in)[0]
     torch.testing.assert_close(grad, rec["cond_grad_scale1"], atol=1e-5, rtol=1e-3)
     torch.testing.assert_close(diffusion.condition_mean(out, grad), rec["condition_mean"], atol=1e-4, rtol=0)
     score = diffusion.condition_score(out, x, t, grad)
-    torch.testing.assert_close(score["pred_xstart"], rec["condition_score"]["pred_xstart"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(score["pred_xstart"], rec["condition_score"]["pred_xstart"], rtol=0,
+                               atol=1e-4 * x0_amplification(diffusion, t))
     torch.testing.assert_close(score["mean"], rec["condition_score"]["mean"], atol=1e-4, rtol=0)
     torch.testing.assert_close(diffusion.q_sample(fx["x_start"], t, fx["noise"]), rec["q_sample"], atol=1e-5, rtol=0)
     if "q_posterior" in rec:
@@ -103,7 +116,8 @@ def test_guided_trajectory_every_step(reference, nets, key, sampler):
         out = stepper.step({"reference": rec["x_t"][k]}, t_index, fx["y"], rec["noise"][k])["reference"]
         expected_next = rec["x_t"][k + 1] if k + 1 < steps else rec["final_sample"]
         torch.testing.assert_close(out.grad_applied, rec["cond_grad"][k], atol=1e-4, rtol=1e-3)
-        torch.testing.assert_close(out.pred_x0, rec["pred_xstart"][k], atol=1e-4, rtol=0)
+        torch.testing.assert_close(out.pred_x0, rec["pred_xstart"][k], atol=1e-4 * x0_amplification(
+            diffusion, torch.tensor([t_index])), rtol=0)
         torch.testing.assert_close(out.sample, expected_next, atol=1e-4, rtol=0)
 
 
