@@ -28,7 +28,7 @@ from .bundle_index import UnknownBundle, default_bundle_dir, resolve_bundle
 from .checkpoints import BundleError, load_model_file, load_published
 from .columns import GuidanceSpec
 from .diffusion import DiffusionConfig, GaussianDiffusion, create_diffusion
-from .diffusion.schedules import respacing_for_steps
+from .diffusion.schedules import respacing_spaced_for
 from .guidance import Guide, GuidanceConfig
 from .nets import UNetModel
 from .nets.flags import diffusion_kwargs
@@ -118,11 +118,8 @@ class Bundle:
 
     def default_respacing_for(self, sampler: str = "ddpm") -> str:
         """The bundle's default respacing, a plain step count spaced for ``sampler``
-        (``engine.diffusion.schedules.respacing_for_steps``: DDIM's stride for DDIM)."""
-        text = str(self.default_respacing or "").strip()
-        if sampler == "ddim" and text.isdigit():
-            return respacing_for_steps(self.diffusion_config.steps, int(text), "ddim")
-        return text
+        (``engine.diffusion.schedules.respacing_spaced_for``: DDIM's stride for DDIM)."""
+        return respacing_spaced_for(self.diffusion_config.steps, self.default_respacing, sampler)
 
     def to(self, device: str | torch.device, precision: str = "fp32") -> "Bundle":
         """Move every network; ``precision`` bf16 / fp16 runs the denoiser under autocast

@@ -36,6 +36,16 @@ class BatchResult:
     run: dict[str, Any]
 
 
+def batch_result(result: Any, configs: Sequence[Any]) -> BatchResult:
+    """A :class:`engine.sampler.SampleResult` as stored per batch: every column's images as
+    uint8 (N, H, W, C) and the run settings without seeds, labels and configs."""
+    from .data import to_uint8
+
+    run = {k: v for k, v in result.run_config().items() if k not in ("seeds", "labels", "configs")}
+    images = {c.name: to_uint8(result.images[c.name]).permute(0, 2, 3, 1).numpy() for c in configs}
+    return BatchResult(images, run)
+
+
 def available_cores() -> int:
     """CPU cores this process may run on."""
     try:
@@ -88,7 +98,6 @@ def _init_worker(bundle_source: str, device: str, precision: str, steps_queue: A
 
 def _sample_batch(index: int, configs: list[dict], labels: list[int], seeds: list[int], respacing: str | None,
                   sampler: str, eta: float) -> tuple[int, BatchResult]:
-    from .data import to_uint8
     from .guidance import GuidanceConfig
 
     bundle, steps_queue = _worker["bundle"], _worker["queue"]
@@ -99,9 +108,7 @@ def _sample_batch(index: int, configs: list[dict], labels: list[int], seeds: lis
             steps_queue.put((index, k, steps))
 
     result = bundle.sample(columns, labels, seeds, respacing=respacing, sampler=sampler, eta=eta, progress=on_step)
-    run = {k: v for k, v in result.run_config().items() if k not in ("seeds", "labels", "configs")}
-    images = {c.name: to_uint8(result.images[c.name]).permute(0, 2, 3, 1).numpy() for c in columns}
-    return index, BatchResult(images, run)
+    return index, batch_result(result, columns)
 
 
 # ----------------------------------------------------------------------------- parent side

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .diffusion.process import GaussianDiffusion
+from .diffusion.schedules import respacing_for_steps
 from .guidance import ColumnGuidance, Guide, GuidanceConfig, as_guide, log_prob_of
 from .precision import autocast, check_precision
 from .trace import Trace, TraceOptions
@@ -128,8 +129,6 @@ def guided_ddim_from_last_step(diffusion: GaussianDiffusion, configs: Sequence[G
     schedule) and guided samples saturate; None otherwise
     (``engine.diffusion.schedules.respacing_for_steps`` explains it and gives the spacing
     that avoids it)."""
-    from .diffusion.schedules import respacing_for_steps
-
     if sampler != "ddim" or not any(c.uses_classifier for c in configs):
         return None
     total, last = diffusion.original_num_steps, int(diffusion.timestep_map[-1])

@@ -379,11 +379,10 @@ def cmd_create(args: argparse.Namespace) -> int:
         specs = [MethodSpec.parse(m) for m in args.methods or defaults["methods"]]
         args.sampler = args.sampler or defaults.get("sampler")
         if args.respacing is None:  # the bundle's steps, spaced for the sampler (DDIM: its own stride)
-            from engine.diffusion.schedules import respacing_for_steps
+            from engine.diffusion.schedules import respacing_spaced_for
 
-            default = str(defaults.get("respacing") or bundle.default_respacing or "").strip()
-            args.respacing = respacing_for_steps(bundle.diffusion_config.steps, int(default), args.sampler or "ddpm") \
-                if default.isdigit() else (default or None)
+            default = defaults.get("respacing") or bundle.default_respacing
+            args.respacing = respacing_spaced_for(bundle.diffusion_config.steps, default, args.sampler or "ddpm") or None
         n = args.pairs if args.pairs is not None else 200
 
         progress = GenerationProgress(len(specs))

@@ -198,7 +198,7 @@ Sampled = tuple[list, list, dict, dict]
 def _sample_here(bundle: Any, configs: Sequence[Any], classes: list, seeds: list, batch_size: int,
                  respacing: str | None, sampler: str, eta: float,
                  progress: Callable[[float, int], None] | None) -> list[Sampled]:
-    from engine.data import to_uint8
+    from engine.parallel_sampling import batch_result
 
     n_units, out = len(classes), []
     for start in range(0, n_units, batch_size):
@@ -209,9 +209,8 @@ def _sample_here(bundle: Any, configs: Sequence[Any], classes: list, seeds: list
 
         result = bundle.sample(configs, labels=batch_labels, seeds=batch_seeds, respacing=respacing, sampler=sampler,
                                eta=eta, progress=on_step if progress is not None else None)
-        run = {k: v for k, v in result.run_config().items() if k not in ("seeds", "labels", "configs")}
-        arrays = {c.name: to_uint8(result.images[c.name]).permute(0, 2, 3, 1).numpy() for c in configs}
-        out.append((batch_labels, batch_seeds, arrays, run))
+        stored = batch_result(result, configs)
+        out.append((batch_labels, batch_seeds, stored.images, stored.run))
     return out
 
 

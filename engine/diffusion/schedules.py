@@ -73,6 +73,13 @@ def respacing_for_steps(num_timesteps: int, steps: int, sampler: str = "ddpm") -
     return f"ddim{best}"
 
 
+def respacing_spaced_for(num_timesteps: int, respacing: str, sampler: str = "ddpm") -> str:
+    """``respacing`` as a default is used: a plain step count ``"N"`` spaced for the sampler
+    (:func:`respacing_for_steps`), anything else (``ddim25``, ``10,15,20``, empty) as written."""
+    text = str(respacing or "").strip()
+    return respacing_for_steps(num_timesteps, int(text), sampler) if text.isdigit() else text
+
+
 def space_timesteps(num_timesteps: int, section_counts: str | list[int] | int) -> list[int]:
     """Which steps of the original process to keep, as guided-diffusion spells it.
 
