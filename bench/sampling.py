@@ -7,7 +7,8 @@ Sections (``--only`` picks some):
             a straightforward guided-diffusion-style loop written in bench/baseline.py
             (one method at a time, global RNG, classifier forward + backward per step):
             the engine for one method, for two methods in two calls and side by side
-            (against the baseline run twice), fp32 and bf16; FLOPs per step counted with
+            (against the baseline run twice), fp32 and bf16 (and bf16 with the guide kept
+            in fp32, to show what each network gains); FLOPs per step counted with
             torch.utils.flop_counter, achieved GFLOPS and their fraction of a matmul
             measured in the same run (the roofline); the largest difference between
             the engine's and the baseline's samples from the same x_T and noise.
@@ -149,6 +150,8 @@ def bench_tiny(args: argparse.Namespace, matmul: dict[str, float]) -> dict[str, 
         "engine fp32, 2 methods side by side": (lambda: engine(two), 2, "fp32"),
     }
     if "bf16" in args.precisions:
+        paths["engine bf16 denoiser, fp32 guide, 1 method"] = (lambda: engine(one, "bf16", guide_precision="fp32"),
+                                                                1, "bf16")
         paths["engine bf16, 1 method"] = (lambda: engine(one, "bf16"), 1, "bf16")
         paths["engine bf16, 2 methods side by side"] = (lambda: engine(two, "bf16"), 2, "bf16")
     times = interleaved({name: fn for name, (fn, _, _) in paths.items()}, args.repeats)

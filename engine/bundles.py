@@ -122,20 +122,15 @@ class Bundle:
         return respacing_spaced_for(self.diffusion_config.steps, self.default_respacing, sampler)
 
     def to(self, device: str | torch.device, precision: str = "fp32") -> "Bundle":
-        """Move every network; ``precision`` bf16 / fp16 runs the denoiser under autocast
-        (``engine.precision``; on CUDA its torso convolutions are cast too); classifier
-        gradients stay float32. An unknown precision, or one the device cannot run, is a
+        """Move every network and set the precision of later samples: bf16 / fp16 run the
+        torsos of the denoiser and the guides in 16 bits from cached copies
+        (``engine.precision``); the networks themselves keep float32 weights, so switching
+        back to fp32 is exact. An unknown precision, or one the device cannot run, is a
         :class:`engine.precision.PrecisionError` naming the allowed values."""
         device = torch.device(device)
         self.precision = check_precision(precision, device)
         self.device = device
         self.denoiser.to(self.device)
-        if self.device.type == "cuda" and precision == "fp16":
-            self.denoiser.convert_to_fp16()
-        elif self.device.type == "cuda" and precision == "bf16":
-            self.denoiser.convert_to_bf16()
-        elif getattr(self.denoiser, "dtype", torch.float32) != torch.float32:
-            self.denoiser.convert_to_fp32()
         for guide in self.guides.values():
             guide.net.to(self.device)
         if self.judge is not None:

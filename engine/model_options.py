@@ -22,6 +22,7 @@ MODEL_OPTIONS: tuple[tuple[str, dict], ...] = (
                          "help": "a local diffusers pixel-space pipeline folder (model_index.json, unet/, scheduler/); "
                                  "guides then as --guide NAME=PATH (train.classifier model file) or NAME=PRESET:PATH"}),
     ("--precision", {"choices": ["fp32", "bf16", "fp16"], "default": "fp32",
-                     "help": "denoiser precision: fp32 (exact, default), bf16 (the CPU fast path; CUDA too) or fp16 "
-                             "(CUDA); runs the denoiser under autocast, classifier gradients stay fp32"}),
+                     "help": "sampling precision: fp32 (exact, default), bf16 (the CPU fast path; CUDA too) or fp16 "
+                             "(CUDA); the torsos of denoiser and guides run in 16 bits, the guidance "
+                             "gradient and the step stay fp32"}),
 )

@@ -1,10 +1,16 @@
-"""Numeric precision of the denoiser: ``fp32`` (exact, the default), ``bf16`` or ``fp16``.
+"""Numeric precision of sampling: ``fp32`` (exact, the default), ``bf16`` or ``fp16``.
 
-A reduced precision runs the denoiser under ``torch.autocast`` (convolutions, linear
-layers and attention products in 16 bits; norms and softmax in float32, as autocast
-decides); its output is returned in float32 and every later formula of the step, the
-classifier's forward and its input gradient grad_x log p_phi(y | x_t, t) stay float32
-(Dhariwal & Nichol 2021 sample with an fp16 torso and fp32 guidance the same way).
+A reduced precision runs the networks the way guided-diffusion's ``use_fp16`` does: the
+torso's convolutions (attention projections included) hold 16-bit weights, cast once
+(:func:`reduced_copy`, a cached copy: the float32 weights are never touched), and their
+activations flow in 16 bits; group norms take their statistics in float32 and softmax
+accumulates in float32 (``engine.nets.layers``); time embeddings, the output heads and
+every formula of the step stay float32. The denoiser and the guides both run so (the
+classifier's forward and backward are 40 % of a guided step); the input gradient
+grad_x log p_phi(y | x_t, t) is returned in float32. A network without torso conversion
+(one the engine did not build) runs under ``torch.autocast`` when it is the denoiser and in
+float32 when it is a guide. What this changes in samples and their metrics is measured on
+the bundle (README, Precision).
 
 What each device runs: CUDA runs fp16 and bf16 (bf16 where the GPU supports it); the CPU
 runs bf16 through oneDNN (fast on CPUs with AVX512-BF16 / AMX, correct but slower
@@ -15,9 +21,12 @@ Anything else is one :class:`PrecisionError` naming the allowed values.
 from __future__ import annotations
 
 import contextlib
+import copy
+import weakref
 from typing import ContextManager
 
 import torch
+from torch import nn
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -68,3 +77,37 @@ def autocast(precision: str, device: str | torch.device) -> ContextManager:
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=DTYPES[precision])
+
+
+_COPIES: "weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[tuple, nn.Module]]]" = weakref.WeakKeyDictionary()
+
+
+def converts_torso(net: nn.Module) -> bool:
+    """Whether ``net`` can cast its torso to 16 bits (``convert_to_bf16`` / ``convert_to_fp16``)."""
+    return callable(getattr(net, "convert_to_bf16", None)) and callable(getattr(net, "convert_to_fp16", None))
+
+
+def _weights_signature(net: nn.Module) -> tuple:
+    # storage and in-place version of every weight: a load_state_dict or an optimiser step
+    # changes the version, a .to(device) the storage
+    return tuple((p.data_ptr(), p._version, p.device.type) for p in net.parameters())
+
+
+def reduced_copy(net: nn.Module, precision: str) -> nn.Module:
+    """A copy of ``net`` whose torso holds ``precision`` (bf16 / fp16) weights, made once
+    and reused while ``net``'s weights stay the same (rebuilt when they change); ``net``
+    itself keeps its float32 weights. ``fp32`` returns ``net``. Needs :func:`converts_torso`."""
+    if precision == "fp32":
+        return net
+    if not converts_torso(net):
+        raise TypeError(f"{type(net).__name__} cannot cast its torso to {precision}")
+    signature = _weights_signature(net)
+    cached = _COPIES.setdefault(net, {}).get(precision)
+    if cached is not None and cached[0] == signature:
+        return cached[1]
+    twin = copy.deepcopy(net)
+    for p in twin.parameters():
+        p.requires_grad_(False)
+    getattr(twin, f"convert_to_{precision}")()
+    _COPIES[net][precision] = (signature, twin)
+    return twin

@@ -13,7 +13,8 @@ Algorithm (Dhariwal & Nichol 2021, Alg. 1 and 2), for every guidance column at o
 
 What a column adds (its denoiser output, classifier-free mixing included, and g) lives in
 ``engine.guidance``; this module only batches the denoiser and applies g. ``precision``
-bf16 / fp16 runs the denoiser under autocast (``engine.precision``); g stays float32.
+bf16 / fp16 runs the torsos of the denoiser and the guides in 16 bits (``engine.precision``);
+g and every formula of the step stay float32.
 
 Randomness: image i draws x_T and every step's z from its own generator seeded with
 ``seeds[i]``, on the CPU, in a fixed order. An image therefore depends only on (seed,
@@ -25,7 +26,7 @@ class label and same random seed" protocol.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
@@ -34,7 +35,7 @@ from torch import nn
 from .diffusion.process import GaussianDiffusion
 from .diffusion.schedules import respacing_for_steps
 from .guidance import ColumnGuidance, Guide, GuidanceConfig, as_guide, log_prob_of
-from .precision import autocast, check_precision
+from .precision import autocast, check_precision, converts_torso, reduced_copy
 from .trace import Trace, TraceOptions
 
 SAMPLERS = ("ddpm", "ddim")
@@ -171,6 +172,7 @@ class GuidedStepper:
         null_label: int | None = None,
         precision: str = "fp32",
         denoiser_rows: int | None = None,
+        guide_precision: str | None = None,
     ):
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
@@ -179,15 +181,20 @@ class GuidedStepper:
             raise ValueError(f"column names must be unique, got {names}")
         if not configs:
             raise ValueError("give at least one guidance config")
-        self.denoiser = denoiser
+        device = next(denoiser.parameters()).device
+        self.precision = check_precision(precision, device)
+        self.guide_precision = check_precision(guide_precision if guide_precision is not None else self.precision,
+                                               device)
+        # 16-bit torsos are cached copies (engine.precision.reduced_copy); a denoiser that
+        # cannot cast its torso runs under autocast, a guide that cannot in float32
+        self.autocast_denoiser = self.precision != "fp32" and not converts_torso(denoiser)
+        self.denoiser = denoiser if self.autocast_denoiser else reduced_copy(denoiser, self.precision)
         self.diffusion = diffusion
         self.configs = list(configs)
-        self.guides = {name: as_guide(g) for name, g in (guides or {}).items()}
+        self.guides = {name: self._reduced_guide(as_guide(g)) for name, g in (guides or {}).items()}
         self.sampler = sampler
         self.eta = float(eta)
         self.clip_denoised = clip_denoised
-        device = next(denoiser.parameters()).device
-        self.precision = check_precision(precision, device)
         self.denoiser_rows = denoiser_rows if denoiser_rows is not None else \
             (CPU_DENOISER_ROWS if device.type == "cpu" else None)
         class_conditional = getattr(denoiser, "num_classes", None) is not None
@@ -201,6 +208,11 @@ class GuidedStepper:
                         for c in self.configs}
         warn_guided_ddim_from_last_step(diffusion, self.configs, sampler)
 
+    def _reduced_guide(self, guide: Guide) -> Guide:
+        if self.guide_precision == "fp32" or not converts_torso(guide.net):
+            return guide
+        return replace(guide, net=reduced_copy(guide.net, self.guide_precision))
+
     def reset(self) -> None:
         """Start new trajectories: empty every column's stabiliser state."""
         for column in self.columns.values():
@@ -208,9 +220,9 @@ class GuidedStepper:
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """The denoiser's float32 output at step indices ``t`` (the network sees the
-        original-schedule timesteps), under autocast for bf16 / fp16 (``engine.precision``)."""
+        original-schedule timesteps), in the stepper's precision (``engine.precision``)."""
         net_t = self.diffusion.network_timesteps(t)
-        with autocast(self.precision, x.device):
+        with autocast(self.precision if self.autocast_denoiser else "fp32", x.device):
             out = self.denoiser(x, net_t, y) if y is not None else self.denoiser(x, net_t)
         return out.float()
 
@@ -294,6 +306,7 @@ def sample(
     device: torch.device | str | None = None,
     precision: str = "fp32",
     denoiser_rows: int | None = None,
+    guide_precision: str | None = None,
 ) -> SampleResult:
     """Sample one image per (seed, label) for every guidance config, side by side.
 
@@ -301,7 +314,8 @@ def sample(
     noise) supplies the randomness. ``progress(done, total)`` is called after every
     step; ``should_stop()`` is polled between steps and raises
     :class:`SamplingCancelled`. ``precision`` (fp32, bf16, fp16; see ``engine.precision``)
-    is the denoiser's; classifier gradients stay float32. ``denoiser_rows`` caps the rows of
+    is the networks' (the guides' too unless ``guide_precision`` says otherwise); the
+    guidance gradient is float32 either way. ``denoiser_rows`` caps the rows of
     one denoiser call (see :class:`GuidedStepper`). Returns final images (CPU,
     [-1, 1]) and, when ``trace`` is given, a :class:`Trace` per config."""
     device = torch.device(device) if device is not None else next(denoiser.parameters()).device
@@ -323,7 +337,7 @@ def sample(
         raise ValueError("the process has no steps")
     stepper = GuidedStepper(denoiser, diffusion, configs, guides, sampler=sampler, eta=eta,
                             clip_denoised=clip_denoised, null_label=null_label, precision=precision,
-                            denoiser_rows=denoiser_rows)
+                            denoiser_rows=denoiser_rows, guide_precision=guide_precision)
     labels_t = labels_t.to(device)
     x_T = noise.initial().to(device)
     if x_T.shape[0] != len(labels_t):
@@ -354,6 +368,8 @@ def sample(
             bar.close()
     settings = {"sampler": sampler, "eta": eta, "clip_denoised": clip_denoised, "num_steps": total,
                 "precision": stepper.precision,
+                **({"guide_precision": stepper.guide_precision}
+                   if stepper.guide_precision != stepper.precision else {}),
                 "diffusion": diffusion.config.to_dict() if diffusion.config else None}
     return SampleResult({name: v.detach().float().cpu() for name, v in x.items()}, traces,
                         list(seeds or []), labels_t.cpu().tolist(), list(configs), settings)

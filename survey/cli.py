@@ -207,8 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "Benchmarks")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="denoiser precision when generating: fp32 (exact, default), bf16 (the CPU fast path) or fp16 "
-                        "(CUDA); classifier gradients stay fp32")
+                   help="precision when generating: fp32 (exact, default), bf16 (the CPU fast path) or fp16 "
+                        "(CUDA); the networks' torsos run in 16 bits, the guidance gradient stays fp32")
     p.add_argument("--fast-ms", type=float, default=DEFAULT_FAST_MS, help="median latency below which a rater is "
                                                                           "flagged as fast")
     _add_exclusions(p, "declared now, applied by every report of this study")
