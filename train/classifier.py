@@ -119,7 +119,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
         out = classifier_loss(model, x_t, diffusion.network_timesteps(t), y, attack, train_forward=net, generator=g,
                               precision=lambda: loop.autocast(args, info.device))
         return loop.StepResult(out.loss, attack_stats(out, y, t, diffusion.num_timesteps, buckets),
-                               {"loss": f"{float(out.loss):.3f}"})
+                               {"loss": f"{float(out.loss.detach()):.3f}"})
 
     run = loop.fit(args, info, model, optimizer, len(data), step, ema=None,
                    desc="classifier" if attack is None else f"robust {args.attack}",
@@ -146,7 +146,7 @@ def attack_stats(out: ClassifierLoss, y: torch.Tensor, t: torch.Tensor, num_step
         correct_in = (out.logits.argmax(-1) == y).float()
         clean_correct = (out.attack.initial_pred == y).float() if out.attack is not None else correct_in
         bucket = bucket_of(t, num_steps, max(buckets, 1))
-        stats = {"loss": (float(out.loss), 1.0), "clean_acc": (float(clean_correct.sum()), batch)}
+        stats = {"loss": (float(out.loss.detach()), 1.0), "clean_acc": (float(clean_correct.sum()), batch)}
         if out.attack is not None:
             attacked = clean_correct.bool()
             flipped = attacked & (out.logits.argmax(-1) != y)

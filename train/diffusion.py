@@ -106,8 +106,8 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
             out = net(x_t, diffusion.network_timesteps(t), y)
         losses = training_losses(diffusion, out.float(), x0, x_t, t, noise)
         loss = losses["loss"].mean()
-        return loop.StepResult(loss, {k: (float(losses[k].mean()), 1.0) for k in ("loss", "mse", "vb")},
-                               {"loss": f"{float(loss):.4f}"})
+        return loop.StepResult(loss, {k: (float(losses[k].detach().mean()), 1.0) for k in ("loss", "mse", "vb")},
+                               {"loss": f"{float(loss.detach()):.4f}"})
 
     run = loop.fit(args, info, model, optimizer, len(data), step, desc="denoiser", ema=ema,
                    start_record={"flags": flags, "diffusion": diffusion_config.to_dict()})

@@ -78,7 +78,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
             logits = net(x)
         loss = F.cross_entropy(logits.float(), y)
         correct = float((logits.argmax(-1) == y).float().sum())
-        return loop.StepResult(loss, {"loss": (float(loss), 1.0), "acc": (correct, float(len(y)))})
+        return loop.StepResult(loss, {"loss": (float(loss.detach()), 1.0), "acc": (correct, float(len(y)))})
 
     run = loop.fit(args, info, model, optimizer, len(data), step, desc="judge")
     if run is None or not info.is_main:
