@@ -541,8 +541,9 @@ class StudyPlan:
                 raise StudyError(f"--{name.replace('_', '-')} is a fraction in [0, 1]")
 
 
-def _store(session, study: Study, media_dir: Path, image: SourceImage, now) -> Image:  # noqa: ANN001
+def _store(session, study: Study, media_dir: Path, image: SourceImage, now, written: list[Path]) -> Image:  # noqa: ANN001
     stored = save_png(image.pixels, media_dir)
+    written.append(media_dir / stored.file_name)
     row = Image(study_id=study.id, file_name=stored.file_name, sha256=stored.sha256, class_label=image.class_label,
                 class_name=image.class_name, seed=image.seed, method=image.method, config=image.config,
                 width=stored.width, height=stored.height, created_at=now)
@@ -560,7 +561,9 @@ def validate_name(name: str) -> str:
 def create_study(db: SurveyDB, media_dir: str | Path, name: str, units: Sequence[Unit],
                  methods: Sequence[str] | None = None, plan: StudyPlan | None = None,
                  source: Mapping[str, Any] | None = None) -> int:
-    """Store ``units`` as a new study and return its id (see the module doc for the pairs)."""
+    """Store ``units`` as a new study and return its id (see the module doc for the pairs).
+    All or nothing: when anything fails (or the run is interrupted) the transaction rolls
+    back and the image files already written are removed."""
     plan = plan or StudyPlan()
     name = validate_name(name)
     media_dir = Path(media_dir)
@@ -587,58 +590,64 @@ def create_study(db: SurveyDB, media_dir: str | Path, name: str, units: Sequence
         "seed": plan.seed, "exclusions": plan.rules.to_dict(), "exclusions_declared_at": now.isoformat(),
         "fast_ms": plan.fast_ms, "source": dict(source or {}), "units": len(units),
     }
-    with db.session() as session:
-        if session.scalar(select(Study.id).where(Study.name == name)) is not None:
-            raise StudyError(f"a study named {name!r} already exists in this database; choose another --name")
-        study = Study(name=name, created_at=now, methods=methods, settings=settings)
-        session.add(study)
-        session.flush()
-        stored_units = []
-        for unit in units:
-            # store a unit's images in random order: neither row ids nor file times follow the methods
-            order = list(methods)
-            _shuffle(order)
-            rows = {m: _store(session, study, media_dir, unit[m], now) for m in order}
-            stored_units.append((unit, rows))
-        session.flush()
-        mains = []
-        for unit, rows in stored_units:
-            for a, b in itertools.combinations(methods, 2):
-                first = unit[a]
-                pair = Pair(study_id=study.id, kind="main", class_label=first.class_label, class_name=first.class_name,
-                            seed=first.seed, image_a_id=rows[a].id, image_b_id=rows[b].id, created_at=now)
-                session.add(pair)
-                mains.append(pair)
-        session.flush()
-        if plan.repeat_rate > 0:
-            for pair in mains:
-                session.add(Pair(study_id=study.id, kind="repeat", class_label=pair.class_label,
-                                 class_name=pair.class_name, seed=pair.seed, image_a_id=pair.image_a_id,
-                                 image_b_id=pair.image_b_id, source_pair_id=pair.id, created_at=now))
-        for g in range(n_gold):
-            unit, rows = stored_units[int(rng.integers(len(stored_units)))]
-            method = methods[int(rng.integers(len(methods)))]
-            good = unit[method]
-            others = [(u, r) for u, r in stored_units if u[method].class_name != good.class_name]
-            if g % 2 == 1 and others:
-                other_unit, _ = others[int(rng.integers(len(others)))]
-                bad = SourceImage(other_unit[method].pixels, GOLD_WRONG_CLASS, good.class_name, good.class_label,
-                                  good.seed, {"source": "gold", "kind": "wrong_class", "intact_image_id": rows[method].id,
-                                              "shown_class": good.class_name,
-                                              "actual_class": other_unit[method].class_name,
-                                              "from": other_unit[method].config})
-            else:
-                bad = SourceImage(break_image(good.pixels, rng), GOLD_BROKEN, good.class_name, good.class_label,
-                                  good.seed, {"source": "gold", "kind": "broken", "intact_image_id": rows[method].id,
-                                              "corruption": "4x4 blocks shuffled + N(0, 60) noise",
-                                              "seed": plan.seed})
-            bad_row = _store(session, study, media_dir, bad, now)
+    written: list[Path] = []  # image files of this study, removed again if it fails
+    try:
+        with db.session() as session:
+            if session.scalar(select(Study.id).where(Study.name == name)) is not None:
+                raise StudyError(f"a study named {name!r} already exists in this database; choose another --name")
+            study = Study(name=name, created_at=now, methods=methods, settings=settings)
+            session.add(study)
             session.flush()
-            session.add(Pair(study_id=study.id, kind="gold", class_label=good.class_label, class_name=good.class_name,
-                             seed=good.seed, image_a_id=rows[method].id, image_b_id=bad_row.id,
-                             gold_image_id=rows[method].id, created_at=now))
-        session.flush()
-        return study.id
+            stored_units = []
+            for unit in units:
+                # store a unit's images in random order: neither row ids nor file times follow the methods
+                order = list(methods)
+                _shuffle(order)
+                rows = {m: _store(session, study, media_dir, unit[m], now, written) for m in order}
+                stored_units.append((unit, rows))
+            session.flush()
+            mains = []
+            for unit, rows in stored_units:
+                for a, b in itertools.combinations(methods, 2):
+                    first = unit[a]
+                    pair = Pair(study_id=study.id, kind="main", class_label=first.class_label, class_name=first.class_name,
+                                seed=first.seed, image_a_id=rows[a].id, image_b_id=rows[b].id, created_at=now)
+                    session.add(pair)
+                    mains.append(pair)
+            session.flush()
+            if plan.repeat_rate > 0:
+                for pair in mains:
+                    session.add(Pair(study_id=study.id, kind="repeat", class_label=pair.class_label,
+                                     class_name=pair.class_name, seed=pair.seed, image_a_id=pair.image_a_id,
+                                     image_b_id=pair.image_b_id, source_pair_id=pair.id, created_at=now))
+            for g in range(n_gold):
+                unit, rows = stored_units[int(rng.integers(len(stored_units)))]
+                method = methods[int(rng.integers(len(methods)))]
+                good = unit[method]
+                others = [(u, r) for u, r in stored_units if u[method].class_name != good.class_name]
+                if g % 2 == 1 and others:
+                    other_unit, _ = others[int(rng.integers(len(others)))]
+                    bad = SourceImage(other_unit[method].pixels, GOLD_WRONG_CLASS, good.class_name, good.class_label,
+                                      good.seed, {"source": "gold", "kind": "wrong_class", "intact_image_id": rows[method].id,
+                                                  "shown_class": good.class_name,
+                                                  "actual_class": other_unit[method].class_name,
+                                                  "from": other_unit[method].config})
+                else:
+                    bad = SourceImage(break_image(good.pixels, rng), GOLD_BROKEN, good.class_name, good.class_label,
+                                      good.seed, {"source": "gold", "kind": "broken", "intact_image_id": rows[method].id,
+                                                  "corruption": "4x4 blocks shuffled + N(0, 60) noise",
+                                                  "seed": plan.seed})
+                bad_row = _store(session, study, media_dir, bad, now, written)
+                session.flush()
+                session.add(Pair(study_id=study.id, kind="gold", class_label=good.class_label, class_name=good.class_name,
+                                 seed=good.seed, image_a_id=rows[method].id, image_b_id=bad_row.id,
+                                 gold_image_id=rows[method].id, created_at=now))
+            session.flush()
+            return study.id
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def find_study(db: SurveyDB, name_or_id: str | int | None = None) -> Study:

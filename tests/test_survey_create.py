@@ -125,3 +125,28 @@ def test_duplicate_study_name_is_refused(db, tmp_path):
     create_study(db, tmp_path / "m", "same", units)
     with pytest.raises(StudyError, match="already exists"):
         create_study(db, tmp_path / "m", "same", units)
+
+
+def test_a_failed_creation_leaves_no_study_and_no_image_files(db, tmp_path, monkeypatch):
+    """All or nothing: a failure after some images were written (here the database refusing the
+    pairs) rolls the study back and removes the files; a later creation works as usual."""
+    import survey.create as create_mod
+
+    rng = np.random.default_rng(0)
+    units = [{m: SourceImage(rng.integers(0, 255, (8, 8), dtype=np.uint8), m, "c", 1, seed) for m in ("x", "y")}
+             for seed in range(3)]
+    media = tmp_path / "media"
+
+    class BrokenPair:
+        def __init__(self, **_kw):
+            raise RuntimeError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(create_mod, "Pair", BrokenPair)
+        with pytest.raises(RuntimeError, match="disk full"):
+            create_study(db, media, "s", units)
+    assert list(media.glob("*")) == []  # six PNGs were written before the failure, none is left
+    with db.session() as session:
+        assert session.scalars(select(Image)).all() == []
+    create_study(db, media, "s", units)  # the name is free, nothing half-made is in the way
+    assert len(list(media.glob("*.png"))) == 6
