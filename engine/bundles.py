@@ -33,7 +33,7 @@ from .guidance import Guide, GuidanceConfig
 from .nets import UNetModel
 from .nets.flags import diffusion_kwargs
 from .nets.plain import CleanClassifier, JudgeNet
-from .precision import check_precision
+from .precision import check_precision, release_reduced_copies
 from .presets import PRESET_SETS, get_preset
 from .sampler import SampleResult, sample
 from .trace import TraceOptions
@@ -130,6 +130,8 @@ class Bundle:
         device = torch.device(device)
         self.precision = check_precision(precision, device)
         self.device = device
+        for net in (self.denoiser, *(guide.net for guide in self.guides.values())):
+            release_reduced_copies(net)  # the next 16-bit run builds what it needs, on the new device
         self.denoiser.to(self.device)
         for guide in self.guides.values():
             guide.net.to(self.device)

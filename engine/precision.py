@@ -5,9 +5,11 @@ torso's convolutions (attention projections included) hold 16-bit weights, cast 
 (:func:`reduced_copy`, a cached copy: the float32 weights are never touched), and their
 activations flow in 16 bits; group norms take their statistics in float32 and softmax
 accumulates in float32 (``engine.nets.layers``); time embeddings, the output heads and
-every formula of the step stay float32. The denoiser and the guides both run so (the
-classifier's forward and backward are 40 % of a guided step); the input gradient
-grad_x log p_phi(y | x_t, t) is returned in float32. A network without torso conversion
+every formula of the step stay float32. Under bf16 the denoiser and the guides both run so
+(the classifier's forward and backward are 40 % of a guided step); under fp16 the guides stay
+float32 (fp16 has no room for an unscaled input gradient). The input gradient
+grad_x log p_phi(y | x_t, t) is returned in float32. A diffusers UNet is cast whole (its own
+norms handle 16 bits). A network without torso conversion
 (one the engine did not build) runs under ``torch.autocast`` when it is the denoiser and in
 float32 when it is a guide. What this changes in samples and their metrics is measured on
 the bundle (README, Precision).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import threading
 import weakref
 from typing import ContextManager
 
@@ -80,6 +83,7 @@ def autocast(precision: str, device: str | torch.device) -> ContextManager:
 
 
 _COPIES: "weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[tuple, nn.Module]]]" = weakref.WeakKeyDictionary()
+_BUILDING = threading.Lock()
 
 
 def converts_torso(net: nn.Module) -> bool:
@@ -88,26 +92,37 @@ def converts_torso(net: nn.Module) -> bool:
 
 
 def _weights_signature(net: nn.Module) -> tuple:
-    # storage and in-place version of every weight: a load_state_dict or an optimiser step
-    # changes the version, a .to(device) the storage
-    return tuple((p.data_ptr(), p._version, p.device.type) for p in net.parameters())
+    # every weight's identity, storage and in-place version (a load_state_dict or an optimiser
+    # step changes the version, a .to(device) the storage) and the train / eval mode; writes
+    # through ``p.data`` bypass the version counter: call release_reduced_copies after those
+    return (net.training, *((id(p), p.data_ptr(), p._version, p.device.type) for p in net.parameters()))
+
+
+def release_reduced_copies(net: nn.Module) -> None:
+    """Forget the cached 16-bit copies of ``net`` (their memory is freed with them)."""
+    _COPIES.pop(net, None)
 
 
 def reduced_copy(net: nn.Module, precision: str) -> nn.Module:
     """A copy of ``net`` whose torso holds ``precision`` (bf16 / fp16) weights, made once
-    and reused while ``net``'s weights stay the same (rebuilt when they change); ``net``
-    itself keeps its float32 weights. ``fp32`` returns ``net``. Needs :func:`converts_torso`."""
+    and reused while ``net``'s weights and mode stay the same (rebuilt when they change);
+    ``net`` itself keeps its float32 weights. The copy shares every tensor it does not
+    cast with ``net``, so it costs only the 16-bit torso. ``fp32`` returns ``net``. Needs
+    :func:`converts_torso`."""
     if precision == "fp32":
         return net
     if not converts_torso(net):
         raise TypeError(f"{type(net).__name__} cannot cast its torso to {precision}")
-    signature = _weights_signature(net)
-    cached = _COPIES.setdefault(net, {}).get(precision)
-    if cached is not None and cached[0] == signature:
-        return cached[1]
-    twin = copy.deepcopy(net)
-    for p in twin.parameters():
-        p.requires_grad_(False)
-    getattr(twin, f"convert_to_{precision}")()
-    _COPIES[net][precision] = (signature, twin)
-    return twin
+    with _BUILDING:
+        signature = _weights_signature(net)
+        cached = _COPIES.setdefault(net, {}).get(precision)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        # share (not duplicate) every parameter and buffer; the conversion then replaces only
+        # the torso's tensors of the copy by 16-bit ones
+        memo: dict[int, object] = {id(p): nn.Parameter(p.detach(), requires_grad=False) for p in net.parameters()}
+        memo.update({id(b): b for b in net.buffers()})
+        twin = copy.deepcopy(net, memo)
+        getattr(twin, f"convert_to_{precision}")()
+        _COPIES[net][precision] = (signature, twin)
+        return twin

@@ -183,7 +183,10 @@ class GuidedStepper:
             raise ValueError("give at least one guidance config")
         device = next(denoiser.parameters()).device
         self.precision = check_precision(precision, device)
-        self.guide_precision = check_precision(guide_precision if guide_precision is not None else self.precision,
+        # guides follow bf16 (its range is float32's); under fp16 they stay float32: their
+        # input gradient has no loss scaling and could underflow in fp16
+        default_guide = self.precision if self.precision == "bf16" else "fp32"
+        self.guide_precision = check_precision(guide_precision if guide_precision is not None else default_guide,
                                                device)
         # 16-bit torsos are cached copies (engine.precision.reduced_copy); a denoiser that
         # cannot cast its torso runs under autocast, a guide that cannot in float32
@@ -314,8 +317,8 @@ def sample(
     noise) supplies the randomness. ``progress(done, total)`` is called after every
     step; ``should_stop()`` is polled between steps and raises
     :class:`SamplingCancelled`. ``precision`` (fp32, bf16, fp16; see ``engine.precision``)
-    is the networks' (the guides' too unless ``guide_precision`` says otherwise); the
-    guidance gradient is float32 either way. ``denoiser_rows`` caps the rows of
+    is the networks' (the guides' too for bf16, float32 guides for fp16; ``guide_precision``
+    overrides); the guidance gradient is float32 either way. ``denoiser_rows`` caps the rows of
     one denoiser call (see :class:`GuidedStepper`). Returns final images (CPU,
     [-1, 1]) and, when ``trace`` is given, a :class:`Trace` per config."""
     device = torch.device(device) if device is not None else next(denoiser.parameters()).device
@@ -368,8 +371,7 @@ def sample(
             bar.close()
     settings = {"sampler": sampler, "eta": eta, "clip_denoised": clip_denoised, "num_steps": total,
                 "precision": stepper.precision,
-                **({"guide_precision": stepper.guide_precision}
-                   if stepper.guide_precision != stepper.precision else {}),
+                **({"guide_precision": stepper.guide_precision} if stepper.precision != "fp32" else {}),
                 "diffusion": diffusion.config.to_dict() if diffusion.config else None}
     return SampleResult({name: v.detach().float().cpu() for name, v in x.items()}, traces,
                         list(seeds or []), labels_t.cpu().tolist(), list(configs), settings)

@@ -645,9 +645,20 @@ def create_study(db: SurveyDB, media_dir: str | Path, name: str, units: Sequence
             session.flush()
             return study.id
     except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
+        if not _study_stored(db, name):  # an error after the commit keeps a stored study's files
+            for path in written:
+                path.unlink(missing_ok=True)
         raise
+
+
+def _study_stored(db: SurveyDB, name: str) -> bool:
+    """Whether a study of this name is in the database; True when that cannot be told (a file
+    too many beats a study without its images)."""
+    try:
+        with db.session() as session:
+            return session.scalar(select(Study.id).where(Study.name == name)) is not None
+    except Exception:  # noqa: BLE001 - the database itself failed: keep the files
+        return True
 
 
 def find_study(db: SurveyDB, name_or_id: str | int | None = None) -> Study:

@@ -62,11 +62,15 @@ def save_png(pixels: np.ndarray, media_dir: Path) -> StoredFile:
     data = png_bytes(array)
     name = secrets.token_hex(16) + ".png"
     tmp = media_dir / (name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, media_dir / name)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, media_dir / name)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return StoredFile(name, hashlib.sha256(data).hexdigest(), int(array.shape[1]), int(array.shape[0]))
 
 

@@ -106,24 +106,32 @@ def test_default_is_fp32_and_bf16_runs_denoiser_and_guide_torsos_in_bfloat16(tin
 
     denoiser, guide = tiny_bundle.denoiser, tiny_bundle.guides["vanilla"].net
 
-    def run(precision: str, **kw):
+    def conv_dtypes(precision: str, watch, **kw) -> set[torch.dtype]:
+        """Sample at ``precision`` and give the output dtypes of the torso convs of the
+        networks ``watch()`` names once the bundle is set to that precision."""
         tiny_bundle.to("cpu", precision)
         try:
-            result = tiny_bundle.sample([tiny_bundle.default_config("vanilla")], [1], [0], respacing="2", **kw)
+            seen = _conv_output_dtypes(watch(), lambda: results.append(tiny_bundle.sample(
+                [tiny_bundle.default_config("vanilla")], [1], [0], respacing="2", **kw)))
         finally:
             tiny_bundle.to("cpu", "fp32")
-        assert result.settings["precision"] == precision and result.images["vanilla"].dtype == torch.float32
-        return result
+        assert results[-1].settings["precision"] == precision
+        assert results[-1].images["vanilla"].dtype == torch.float32
+        return seen
 
+    results: list = []
     assert tiny_bundle.precision == "fp32"
-    assert _conv_output_dtypes([denoiser, guide], lambda: run("fp32")) == {torch.float32}
-    copies = [reduced_copy(denoiser, "bf16"), reduced_copy(guide, "bf16")]  # what a bf16 run uses
-    assert _conv_output_dtypes(copies[:1], lambda: run("bf16")) == {torch.bfloat16}
-    assert _conv_output_dtypes(copies[1:], lambda: run("bf16")) == {torch.bfloat16}
-    assert _conv_output_dtypes([denoiser, guide], lambda: run("bf16")) == set()  # the float32 nets sit idle
+    assert conv_dtypes("fp32", lambda: [denoiser, guide]) == {torch.float32}
+    # what a bf16 run uses: the cached copies (the same objects the sampler asks for)
+    assert conv_dtypes("bf16", lambda: [reduced_copy(denoiser, "bf16")]) == {torch.bfloat16}
+    assert conv_dtypes("bf16", lambda: [reduced_copy(guide, "bf16")]) == {torch.bfloat16}
+    # the float32 nets sit idle (copies made first, so they do not inherit the test's hooks)
+    assert conv_dtypes("bf16", lambda: [reduced_copy(denoiser, "bf16"), reduced_copy(guide, "bf16")]
+                       and [denoiser, guide]) == set()
+    assert results[-1].settings["guide_precision"] == "bf16"
     # the guide can stay float32 (the benchmark compares both)
-    assert _conv_output_dtypes([guide], lambda: run("bf16", guide_precision="fp32")) == {torch.float32}
-    assert run("bf16", guide_precision="fp32").settings["guide_precision"] == "fp32"
+    assert conv_dtypes("bf16", lambda: [guide], guide_precision="fp32") == {torch.float32}
+    assert results[-1].settings["guide_precision"] == "fp32"
 
 
 def test_switching_precision_back_to_fp32_is_exact(tiny_bundle):
@@ -302,3 +310,68 @@ def test_lab_command_line_exits_with_the_message(monkeypatch, tiny_bundle_dir):
         open_bundle(args)
     args.precision = "fp32"
     assert open_bundle(args).precision == "fp32"
+
+
+def test_reduced_copy_shares_what_it_does_not_cast_and_follows_the_mode(tiny_bundle):
+    from engine.precision import reduced_copy, release_reduced_copies
+
+    net = tiny_bundle.denoiser
+    twin = reduced_copy(net, "bf16")
+    # only the torso is new memory: the time embedding (float32) is the network's own storage
+    assert twin.time_embed[0].weight.data_ptr() == net.time_embed[0].weight.data_ptr()
+    assert _torso_convs(twin)[0].weight.data_ptr() != _torso_convs(net)[0].weight.data_ptr()
+    net.train()
+    try:
+        trained = reduced_copy(net, "bf16")
+        assert trained is not twin and trained.training  # a copy made in eval mode is not reused
+    finally:
+        net.eval()
+    assert not reduced_copy(net, "bf16").training
+    release_reduced_copies(net)
+    assert reduced_copy(net, "bf16") is not twin
+
+
+def test_bundle_to_releases_the_copies_and_every_shipped_guide_casts(tiny_bundle):
+    from engine.precision import converts_torso, reduced_copy
+
+    for name, guide in tiny_bundle.guides.items():  # the clean (time-independent) guide included
+        assert converts_torso(guide.net), name
+    twin = reduced_copy(tiny_bundle.denoiser, "bf16")
+    tiny_bundle.to("cpu", "bf16")
+    assert reduced_copy(tiny_bundle.denoiser, "bf16") is not twin
+    tiny_bundle.to("cpu", "fp32")
+
+
+def test_fp16_keeps_the_guides_in_float32(monkeypatch, tiny_bundle):
+    """fp16 has no room for an unscaled input gradient: its guides stay float32 unless asked."""
+    from engine.sampler import GuidedStepper
+
+    monkeypatch.setattr(precision_mod, "_cpu_supports", lambda p: True)
+    configs = [tiny_bundle.default_config("vanilla")]
+    stepper = GuidedStepper(tiny_bundle.denoiser, tiny_bundle.diffusion("2"), configs, tiny_bundle.guides,
+                            precision="fp16")
+    assert stepper.guide_precision == "fp32"
+    assert stepper.guides["vanilla"].net is tiny_bundle.guides["vanilla"].net
+    assert {m.weight.dtype for m in _torso_convs(stepper.denoiser)} == {torch.float16}
+    bf16 = GuidedStepper(tiny_bundle.denoiser, tiny_bundle.diffusion("2"), configs, tiny_bundle.guides,
+                         precision="bf16")
+    assert bf16.guide_precision == "bf16" and bf16.guides["vanilla"].net is not tiny_bundle.guides["vanilla"].net
+
+
+def test_odd_sizes_and_autocast_take_the_reference_kernels():
+    """The CPU 16-bit shortcuts apply only where they are the same computation: an odd
+    feature map pools with torch's kernel (it drops the last row and column), and under
+    autocast (training with --amp) norm and softmax keep the reference's float32 casts, so
+    recorded training commands give the same numbers."""
+    from engine.nets.layers import Downsample, GroupNorm32
+
+    down = Downsample(8, use_conv=False)
+    x = torch.randn(2, 8, 7, 7).bfloat16()
+    assert torch.equal(down(x), F.avg_pool2d(x, 2))
+    norm = GroupNorm32(4, 8)
+    y = torch.randn(2, 8, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        yb = y.bfloat16()
+        got = norm(yb)
+        want = F.group_norm(yb.float(), 4, norm.weight, norm.bias, norm.eps).type(torch.bfloat16)
+    assert torch.equal(got, want)

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from survey.create import (GOLD_BROKEN, GOLD_WRONG_CLASS, MethodSpec, SourceImage, StudyError, StudyPlan, create_study,
                            units_from_bundle, units_from_folders, units_from_npz)
 from survey.db import open_db
-from survey.media import read_png
+from survey.media import read_png, save_png
 from survey.models import Image, Pair
 
 
@@ -141,12 +141,51 @@ def test_a_failed_creation_leaves_no_study_and_no_image_files(db, tmp_path, monk
         def __init__(self, **_kw):
             raise RuntimeError("disk full")
 
+    saved = []
+
+    def counting_save_png(pixels, folder):
+        stored = save_png(pixels, folder)
+        saved.append(stored.file_name)
+        return stored
+
     with monkeypatch.context() as patch:
         patch.setattr(create_mod, "Pair", BrokenPair)
+        patch.setattr(create_mod, "save_png", counting_save_png)
         with pytest.raises(RuntimeError, match="disk full"):
             create_study(db, media, "s", units)
-    assert list(media.glob("*")) == []  # six PNGs were written before the failure, none is left
+    assert len(saved) == 6  # every image was written before the failure ...
+    assert list(media.glob("*")) == []  # ... and none is left
     with db.session() as session:
         assert session.scalars(select(Image)).all() == []
     create_study(db, media, "s", units)  # the name is free, nothing half-made is in the way
     assert len(list(media.glob("*.png"))) == 6
+
+
+def test_an_error_after_the_commit_keeps_the_stored_studys_files(db, tmp_path, monkeypatch):
+    """If the study did reach the database (the error came after the commit), its image
+    files stay: a study without its images would be worse than an orphan file."""
+    import survey.create as create_mod
+
+    units = [{m: SourceImage(np.full((4, 4), 9, np.uint8), m, "c", 1, 0) for m in ("x", "y")}]
+    real = create_mod.SurveyDB.session
+
+    def session_then_interrupt(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def wrapped():
+            with real(self) as session:
+                yield session
+            if not getattr(self, "_interrupted", False):
+                self._interrupted = True
+                raise KeyboardInterrupt  # after the commit of the study's transaction
+
+        return wrapped()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(create_mod.SurveyDB, "session", session_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            create_study(db, tmp_path / "media", "kept", units)
+    with db.session() as session:
+        assert [s.name for s in session.scalars(select(create_mod.Study)).all()] == ["kept"]
+    assert len(list((tmp_path / "media").glob("*.png"))) == 2

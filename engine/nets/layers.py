@@ -45,10 +45,13 @@ def zero_init(module: nn.Module) -> nn.Module:
 
 
 def cpu_half(x: torch.Tensor) -> bool:
-    """A bf16 / fp16 tensor on the CPU, where torch's norm and softmax kernels take their
-    statistics in float32 themselves, so casting the whole tensor up and back (what the
-    reference does, two passes over memory) buys nothing but time."""
-    return x.dtype in (torch.bfloat16, torch.float16) and x.device.type == "cpu"
+    """A bf16 / fp16 tensor of a 16-bit torso (``engine.precision``) on the CPU, where
+    torch's norm and softmax kernels take their statistics in float32 themselves, so casting
+    the whole tensor up and back (what the reference does, two passes over memory) buys
+    nothing but time. Under autocast (training with ``--amp``) the reference's way stays, so
+    recorded training commands keep giving the same numbers."""
+    return (x.dtype in (torch.bfloat16, torch.float16) and x.device.type == "cpu"
+            and not torch.is_autocast_enabled("cpu"))
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -147,10 +150,11 @@ class Downsample(nn.Module):
             self.op = avg_pool_nd(dims, kernel_size=stride, stride=stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if cpu_half(x) and isinstance(self.op, nn.AvgPool2d):
-            # the same 2x2 mean from four strided views: torch's 16-bit CPU pooling kernels
-            # are 2x slower forward and backward
-            return (x[..., ::2, ::2] + x[..., 1::2, ::2] + x[..., ::2, 1::2] + x[..., 1::2, 1::2]) * 0.25
+        if cpu_half(x) and isinstance(self.op, nn.AvgPool2d) and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0:
+            # the 2x2 mean from four strided views, summed in pairs (three 16-bit roundings
+            # where torch's kernel has one): torch's 16-bit CPU pooling kernels are 2x slower
+            # forward and backward. Odd sizes take the kernel (it drops the last row / column).
+            return ((x[..., ::2, ::2] + x[..., 1::2, ::2]) + (x[..., ::2, 1::2] + x[..., 1::2, 1::2])) * 0.25
         return self.op(x)
 
 

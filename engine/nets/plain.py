@@ -69,3 +69,12 @@ class CleanClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
+
+    def convert_to_fp16(self) -> None:
+        self.net.convert_to_fp16()
+
+    def convert_to_bf16(self) -> None:
+        self.net.convert_to_bf16()
+
+    def convert_to_fp32(self) -> None:
+        self.net.convert_to_fp32()
