@@ -164,8 +164,8 @@ def build(state: LabState) -> View:
                                          info="optional: names the presets, so paths need no PRESET: prefix")
                 device = gr.Dropdown(["auto", "cpu", "cuda"], value=state.device if state.device in
                                      ("auto", "cpu", "cuda") else "auto", label="Device", allow_custom_value=True)
-                precision = gr.Dropdown(["fp32", "bf16", "fp16"], value="fp32", label="Denoiser precision",
-                                        info="bf16: the CPU fast path; fp16: GPU; classifier gradients stay fp32")
+                precision = gr.Dropdown(["fp32", "bf16", "fp16"], value="fp32", label="Precision",
+                                        info="bf16: the CPU fast path (guides in bf16 too); fp16: GPU; the guidance gradient stays fp32")
             denoiser = gr.Textbox("", label="Denoiser", placeholder="gd-128-denoiser:/ckpt/128x128_diffusion.pt")
             guides = gr.Textbox("", lines=3, label="Guides (one per line)",
                                 placeholder="vanilla=gd-128-classifier:/ckpt/128x128_classifier.pt")
