@@ -135,6 +135,9 @@ def test_default_is_fp32_and_bf16_runs_denoiser_and_guide_torsos_in_bfloat16(tin
 
 
 def test_switching_precision_back_to_fp32_is_exact(tiny_bundle):
+    """A bf16 run leaves the bundle's float32 networks as they were (the CUDA path used to
+    convert the denoiser in place and back, rounding its weights to bf16; no device converts
+    in place now, so this holds on the CPU and the GPU alike)."""
     configs = [tiny_bundle.default_config("vanilla")]
     first = tiny_bundle.sample(configs, [2], [3], respacing="3")
     tiny_bundle.to("cpu", "bf16")
