@@ -366,9 +366,17 @@ def check_name_free(db: SurveyDB, name: str) -> str:
     so a taken name costs nothing); the name, stripped."""
     name = validate_name(name)
     with db.session() as session:
-        if session.scalar(select(Study.id).where(Study.name == name)) is not None:
-            raise StudyError(f"a study named {name!r} already exists in this database; choose another --name")
+        _refuse_taken_name(session, name)
     return name
+
+
+def _name_taken(session, name: str) -> bool:  # noqa: ANN001 - a SQLAlchemy session
+    return session.scalar(select(Study.id).where(Study.name == name)) is not None
+
+
+def _refuse_taken_name(session, name: str) -> None:  # noqa: ANN001
+    if _name_taken(session, name):
+        raise StudyError(f"a study named {name!r} already exists in this database; choose another --name")
 
 
 def study_from_run(db: SurveyDB, media_dir: str | Path, name: str, plan: RunPlan, bundle: Any, pairs: int, *,
@@ -593,8 +601,7 @@ def create_study(db: SurveyDB, media_dir: str | Path, name: str, units: Sequence
     written: list[Path] = []  # image files of this study, removed again if it fails
     try:
         with db.session() as session:
-            if session.scalar(select(Study.id).where(Study.name == name)) is not None:
-                raise StudyError(f"a study named {name!r} already exists in this database; choose another --name")
+            _refuse_taken_name(session, name)
             study = Study(name=name, created_at=now, methods=methods, settings=settings)
             session.add(study)
             session.flush()
@@ -656,7 +663,7 @@ def _study_stored(db: SurveyDB, name: str) -> bool:
     too many beats a study without its images)."""
     try:
         with db.session() as session:
-            return session.scalar(select(Study.id).where(Study.name == name)) is not None
+            return _name_taken(session, name)
     except Exception:  # noqa: BLE001 - the database itself failed: keep the files
         return True
 

@@ -152,7 +152,7 @@ class Downsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if cpu_half(x) and isinstance(self.op, nn.AvgPool2d) and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0:
             # the 2x2 mean from four strided views, summed in pairs (three 16-bit roundings
-            # where torch's kernel has one): torch's 16-bit CPU pooling kernels are 2x slower
+            # where torch's kernel has one): torch's 16-bit CPU pooling kernels are slower
             # forward and backward. Odd sizes take the kernel (it drops the last row / column).
             return ((x[..., ::2, ::2] + x[..., 1::2, ::2]) + (x[..., ::2, 1::2] + x[..., 1::2, 1::2])) * 0.25
         return self.op(x)
