@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import torch
 from torch import nn
 
+from .allocator import keep_freed_memory
 from .diffusion.process import GaussianDiffusion
 from .diffusion.schedules import respacing_for_steps
 from .guidance import ColumnGuidance, Guide, GuidanceConfig, as_guide, log_prob_of
@@ -321,6 +322,7 @@ def sample(
     overrides); the guidance gradient is float32 either way. ``denoiser_rows`` caps the rows of
     one denoiser call (see :class:`GuidedStepper`). Returns final images (CPU,
     [-1, 1]) and, when ``trace`` is given, a :class:`Trace` per config."""
+    keep_freed_memory()
     device = torch.device(device) if device is not None else next(denoiser.parameters()).device
     labels_t = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     if image_shape is None:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from engine.allocator import keep_freed_memory
 from engine.data import DataError, load_split, split_description
 
 from .distributed import DistInfo, reduce_means
@@ -206,6 +207,7 @@ def check_common_args(args: argparse.Namespace) -> None:
         args.final_lr = args.lr
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()
 
 
 def should_stop_early(args: argparse.Namespace, done: int) -> bool:
