@@ -208,6 +208,9 @@ def test_nearest_upsample_equals_interpolate(shape):
     y = x.detach().clone().requires_grad_(True)
     a, b = upsample_nearest_2x(x), F.interpolate(y, scale_factor=2, mode="nearest")
     assert torch.equal(a, b)
+    with torch.no_grad():  # sampling: the strided-copy fill, fp32 and 16 bits
+        for dtype in (torch.float32, torch.bfloat16):
+            assert torch.equal(upsample_nearest_2x(x.to(dtype)), F.interpolate(y.to(dtype), scale_factor=2, mode="nearest"))
     w = torch.randn_like(a)
     # the backward sums each 2x2 block in another order: equal to float32 rounding
     torch.testing.assert_close(torch.autograd.grad((a * w).sum(), x)[0], torch.autograd.grad((b * w).sum(), y)[0],

@@ -100,3 +100,24 @@ def test_wrong_labels_and_shapes_are_clear_errors(reference):
         model(fixture["x"][:, :1], fixture["timesteps"], fixture["y"])
     with pytest.raises(ValueError, match="class-conditional"):
         model(fixture["x"], fixture["timesteps"])
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32, 32), (2, 64, 16, 16), (4, 8, 8, 6)])
+def test_cpu_2x2_mean_pooling_equals_torch_kernel_bit_for_bit(shape):
+    """The CPU float32 2x2 average pooling of the networks (four strided views added in
+    the kernel's order, engine.nets.layers._Mean2x2) gives torch's avg_pool2d values and
+    gradients exactly, so the reference fixtures and the guided-diffusion-style benchmark
+    loop stay equal bit for bit."""
+    import torch.nn.functional as F
+
+    from engine.nets.layers import Downsample
+
+    down = Downsample(shape[1], use_conv=False)
+    x = (torch.randn(shape, generator=torch.Generator().manual_seed(1)) * 3).requires_grad_(True)
+    g = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2, generator=torch.Generator().manual_seed(2))
+    got, want = down(x), F.avg_pool2d(x, 2)
+    assert got.grad_fn is not None and "Mean2x2" in type(got.grad_fn).__name__  # the fast path did run
+    assert torch.equal(got, want)
+    assert torch.equal(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
+    odd = torch.randn(2, shape[1], 7, 7)
+    assert torch.equal(down(odd), F.avg_pool2d(odd, 2))  # odd sizes: the kernel (drops the last row / column)
