@@ -16,17 +16,78 @@ and backward::
 Only the beta schedule and the respacing rule (``space_timesteps``) come from the
 engine; every array and the loop are computed here, so the engine's sampler is measured
 against an independent implementation of the same arithmetic.
+
+The networks are the engine's (same weights, same modules), run the way guided-diffusion's
+own ``unet.py`` runs them (:func:`with_guided_diffusion_ops`): its ``AttentionBlock`` always
+goes through its gradient checkpoint (``checkpoint(self._forward, (x,), self.parameters(),
+True)``: the forward runs without a graph and is recomputed in the backward, which then
+also takes the gradients of the block's parameters), its ``Upsample`` calls
+``F.interpolate`` and its ``Downsample`` torch's average-pooling kernel. None of these
+changes a value; they are what guided-diffusion costs.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
+import copy
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from engine.diffusion import named_beta_schedule, space_timesteps
+from engine.nets.layers import AttentionBlock, Downsample, Upsample
+
+
+class _RecomputedInBackward(torch.autograd.Function):
+    """guided-diffusion's gradient checkpoint, written from its description: ``run(x)``
+    without a graph in the forward; in the backward, ``run`` again on a detached copy of
+    x with the graph, then gradients w.r.t. x and every parameter passed (those of the
+    parameters are computed and dropped, as the reference's ``CheckpointFunction`` does)."""
+
+    @staticmethod
+    def forward(ctx, run, x, *params):  # noqa: ANN001 - autograd protocol
+        ctx.run, ctx.params = run, params
+        ctx.save_for_backward(x)
+        with torch.no_grad():
+            return run(x)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001 - autograd protocol
+        (x,) = ctx.saved_tensors
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = ctx.run(x.view_as(x))
+        grads = torch.autograd.grad(out, (x, *ctx.params), grad_out, allow_unused=True)
+        return (None, *grads)
+
+
+def with_guided_diffusion_ops(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` (an engine UNet or classifier) whose attention blocks recompute in
+    the backward, whose upsampling calls ``F.interpolate`` and whose average-pool
+    downsampling calls torch's kernel, as guided-diffusion's own modules do; its parameters
+    require gradients, as ``classifier_sample.py`` leaves them. Outputs are equal to ``net``'s."""
+    net = copy.deepcopy(net)
+    for module in net.modules():
+        if isinstance(module, AttentionBlock):
+            block = module
+            params = tuple(block.parameters())
+            block.forward = lambda x, block=block, params=params: _RecomputedInBackward.apply(block._forward, x, *params)
+        elif isinstance(module, Upsample) and module.dims == 2:
+            up = module
+
+            def interpolate(x: torch.Tensor, up: Upsample = up) -> torch.Tensor:
+                x = F.interpolate(x, scale_factor=2, mode="nearest")
+                return up.conv(x) if up.use_conv else x
+
+            up.forward = interpolate
+        elif isinstance(module, Downsample):
+            module.forward = lambda x, op=module.op: op(x)  # nn.AvgPool2d or the strided convolution
+    for p in net.parameters():
+        p.requires_grad_(True)
+    return net
 
 
 class BaselineDiffusion:

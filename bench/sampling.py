@@ -5,13 +5,18 @@ Sections (``--only`` picks some):
 ``tiny``    the shared tiny guided-diffusion pair (../shared/reference: tiny UNet +
             tiny classifier, batch 16, respacing 25, DDPM, classifier scale 1) against
             a straightforward guided-diffusion-style loop written in bench/baseline.py
-            (one method at a time, global RNG, classifier forward + backward per step):
-            the engine for one method, for two methods in two calls and side by side
-            (against the baseline run twice), fp32 and bf16 (and bf16 with the guide kept
-            in fp32, to show what each network gains); FLOPs per step counted with
-            torch.utils.flop_counter, achieved GFLOPS and their fraction of a matmul
-            measured in the same run (the roofline); the largest difference between
-            the engine's and the baseline's samples from the same x_T and noise.
+            (one method at a time, global RNG, classifier forward + backward per step,
+            the networks run as guided-diffusion's modules run them: attention recomputed
+            in the backward, F.interpolate upsampling); the same loop on the engine's
+            networks, with and without the engine's allocator setting (what each part of
+            the difference is worth); the engine for one method (also with freed memory
+            returned to the OS), for two methods in two calls and side by side (against
+            twice the baseline's time in the same round), fp32 and bf16 (and bf16 with the guide kept in fp32);
+            every path in its own worker process, run one at a time round-robin; FLOPs
+            per step counted with torch.utils.flop_counter, achieved GFLOPS (the engine's
+            FLOPs, for every row) and their fraction of a matmul measured in the same run
+            (the roofline); the largest difference between the engine's and the
+            baseline's samples from the same x_T and noise (it is 0).
 ``lab``     the lab's default side by side on the bundle (4 seeds x the bundle's
             default columns, the lab's default steps, traced as the lab traces it),
             fp32 and bf16; the gradient inspector and the Stability run with their
@@ -40,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import platform
 import statistics
@@ -55,11 +61,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.baseline import BaselineDiffusion, guided_ddpm_loop  # noqa: E402
+from bench.baseline import BaselineDiffusion, guided_ddpm_loop, with_guided_diffusion_ops  # noqa: E402
+from bench.tiny_paths import (BASELINE_1, BF16_PATHS, FP32_PATHS, TinyPath, load_tiny_pair,  # noqa: E402
+                              tiny_inputs)
+from bench.tiny_paths import worker as tiny_worker  # noqa: E402
 from bench.roofline import count_flops, matmul_gflops  # noqa: E402
 from engine.diffusion import DiffusionConfig, create_diffusion  # noqa: E402
 from engine.guidance import GuidanceConfig, classifier_guided  # noqa: E402
-from engine.nets import EncoderUNetModel, UNetModel  # noqa: E402
 from engine.sampler import RecordedNoise, sample  # noqa: E402
 
 DEFAULT_REFERENCE = Path(os.environ.get("RCG_REFERENCE_DIR", ROOT.parent / "shared" / "reference"))
@@ -85,44 +93,59 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, di
     return times
 
 
-def load_tiny_pair(reference: Path) -> tuple[UNetModel, EncoderUNetModel]:
-    """The shared tiny UNet and classifier (random weights recorded by the reference)."""
-    nets = []
-    for name, cls in (("tiny_unet.pt", UNetModel), ("tiny_classifier.pt", EncoderUNetModel)):
-        path = reference / name
-        if not path.is_file():
-            raise SystemExit(f"{path} is missing: the tiny section needs ../shared/reference (or --reference DIR, "
-                             "or RCG_REFERENCE_DIR); skip it with --only lab survey")
-        fx = torch.load(path, weights_only=True)
-        net = cls(**json.loads(fx["config_json"])).eval()
-        net.load_state_dict(fx["state_dict"])
-        nets.append(net)
-    return nets[0], nets[1]
+def time_in_workers(paths: list[TinyPath], args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
+    """CPU and wall seconds (and minor page faults) of every path, each path in its own worker process
+    (``bench.tiny_paths``), run one at a time round-robin: one warm-up round, then
+    ``args.repeats`` timed rounds, so that machine noise hits every path alike."""
+    ctx = mp.get_context("spawn")
+    workers = {}
+    try:
+        for path in paths:
+            here, there = ctx.Pipe()
+            proc = ctx.Process(target=tiny_worker, daemon=True,
+                               args=(there, path.key, str(args.reference), args.batch, args.steps, args.threads))
+            proc.start()
+            workers[path.name] = (proc, here)
+        for name, (_, conn) in workers.items():
+            kind, detail = conn.recv()
+            if kind != "ready":
+                raise SystemExit(f"tiny path {name!r} failed to start: {detail}")
+        times: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": [], "faults": []} for name in workers}
+        for round_ in range(args.repeats + 1):
+            for name, (_, conn) in workers.items():
+                conn.send("run")
+                kind, detail = conn.recv()
+                if kind != "time":  # pragma: no cover - the worker died mid-run
+                    raise SystemExit(f"tiny path {name!r} failed: {detail}")
+                if round_:
+                    for field, value in zip(("cpu", "wall", "faults"), detail):
+                        times[name][field].append(value)
+        return times
+    finally:
+        for proc, conn in workers.values():
+            try:
+                conn.send("stop")
+            except (BrokenPipeError, OSError):
+                pass
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
 
 
 # --------------------------------------------------------------------------- tiny pair
 def bench_tiny(args: argparse.Namespace, matmul: dict[str, float]) -> dict[str, Any]:
     unet, clf = load_tiny_pair(args.reference)
-    for p in (*unet.parameters(), *clf.parameters()):
-        p.requires_grad_(False)
     batch, respacing, scale = args.batch, str(args.steps), 1.0
-    shape = (batch, unet.in_channels, unet.image_size, unet.image_size)
-    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(400))
-    y = torch.arange(batch) % 10
-    seeds = list(range(batch))
+    x_T, y = tiny_inputs(batch, unet.image_size, unet.in_channels)
     base = BaselineDiffusion(respacing=respacing)
     diffusion = create_diffusion(DiffusionConfig(timestep_respacing=respacing))
     one = [classifier_guided("tiny", scale, name="one")]
-    two = [classifier_guided("tiny", scale, name="vanilla"), classifier_guided("tiny", 2 * scale, name="robust")]
     guides = {"tiny": clf}
+    gd_unet, gd_clf = with_guided_diffusion_ops(unet), with_guided_diffusion_ops(clf)
 
-    def baseline() -> torch.Tensor:
-        torch.manual_seed(1234)
-        return guided_ddpm_loop(unet, clf, base, x_T, y, scale)
-
-    def engine(configs: list[GuidanceConfig], precision: str = "fp32", steps: str = respacing, **kw: Any):
+    def engine(steps: str = respacing) -> Any:
         d = diffusion if steps == respacing else create_diffusion(DiffusionConfig(timestep_respacing=steps))
-        return sample(unet, d, configs, y, guides=guides, precision=precision, **({"seeds": seeds} | kw))
+        return sample(unet, d, one, y, seeds=list(range(batch)), guides=guides)
 
     # equal samples: the engine replays the baseline's x_T and noise
     drawn: list[torch.Tensor] = []
@@ -132,48 +155,42 @@ def bench_tiny(args: argparse.Namespace, matmul: dict[str, float]) -> dict[str, 
         return drawn[-1]
 
     torch.manual_seed(1234)
-    ref = guided_ddpm_loop(unet, clf, base, x_T, y, scale, noise_fn=recording)
-    replay = RecordedNoise(x_T, drawn)
-    got = sample(unet, diffusion, one, y, noise=replay, guides=guides).images["one"]
+    ref = guided_ddpm_loop(gd_unet, gd_clf, base, x_T, y, scale, noise_fn=recording)
+    got = sample(unet, diffusion, one, y, noise=RecordedNoise(x_T, drawn), guides=guides).images["one"]
     got_bf16 = sample(unet, diffusion, one, y, noise=RecordedNoise(x_T, drawn), guides=guides,
                       precision="bf16").images["one"]
     equality = {"max_abs_diff_engine_vs_baseline": float((got - ref).abs().max()),
                 "max_abs_diff_bf16_vs_fp32": float((got_bf16 - got).abs().max()),
                 "mean_abs_diff_bf16_vs_fp32": float((got_bf16 - got).abs().mean())}
 
-    # name -> (run, methods, precision); the two-method paths compare with the baseline run twice
-    paths: dict[str, tuple[Callable[[], Any], int, str]] = {
-        "baseline (guided-diffusion style), 1 method": (baseline, 1, "fp32"),
-        "engine fp32, 1 method": (lambda: engine(one), 1, "fp32"),
-        "baseline x2, 2 methods": (lambda: (baseline(), baseline()), 2, "fp32"),
-        "engine fp32, 2 methods in 2 calls": (lambda: (engine(two[:1]), engine(two[1:])), 2, "fp32"),
-        "engine fp32, 2 methods side by side": (lambda: engine(two), 2, "fp32"),
-    }
-    if "bf16" in args.precisions:
-        paths["engine bf16 denoiser, fp32 guide, 1 method"] = (lambda: engine(one, "bf16", guide_precision="fp32"),
-                                                                1, "bf16")
-        paths["engine bf16, 1 method"] = (lambda: engine(one, "bf16"), 1, "bf16")
-        paths["engine bf16, 2 methods side by side"] = (lambda: engine(two, "bf16"), 2, "bf16")
-    times = interleaved({name: fn for name, (fn, _, _) in paths.items()}, args.repeats)
+    paths = list(FP32_PATHS) + (list(BF16_PATHS) if "bf16" in args.precisions else [])
+    times = time_in_workers(paths, args)
 
     # FLOPs per guided step (the same at every t): count a 2-step run of each loop
-    flops_engine, per_op = count_flops(lambda: engine(one, steps="2"))
+    flops_engine, per_op = count_flops(lambda: engine(steps="2"))
     flops_step = flops_engine / 2
-    flops_base, _ = count_flops(lambda: guided_ddpm_loop(unet, clf, BaselineDiffusion(respacing="2"), x_T, y, scale))
-    baseline_cpu = {1: statistics.median(times["baseline (guided-diffusion style), 1 method"]["cpu"]),
-                    2: statistics.median(times["baseline x2, 2 methods"]["cpu"])}
+    flops_base, base_per_op = count_flops(
+        lambda: guided_ddpm_loop(gd_unet, gd_clf, BaselineDiffusion(respacing="2"), x_T, y, scale))
+    # the baseline run m times for an m-method path: m x its time in the same round, so that
+    # each ratio pairs runs made moments apart (the spread over rounds is the error bar)
+    base_runs = times[BASELINE_1]["cpu"]
     rows = []
-    for name, (_, methods, precision) in paths.items():
-        cpu, wall = statistics.median(times[name]["cpu"]), statistics.median(times[name]["wall"])
-        gflops = flops_step * int(args.steps) * methods / cpu / 1e9
-        rows.append({"path": name, "methods": methods, "precision": precision, "cpu_s": cpu, "wall_s": wall,
-                     "runs": times[name], "cpu_s_per_step": cpu / int(args.steps),
-                     "speedup_vs_baseline": baseline_cpu[methods] / cpu, "gflops": gflops,
+    for path in paths:
+        runs = times[path.name]
+        cpu, wall = statistics.median(runs["cpu"]), statistics.median(runs["wall"])
+        per_round = [path.methods * b / c for b, c in zip(base_runs, runs["cpu"])]
+        gflops = flops_step * int(args.steps) * path.methods / cpu / 1e9
+        rows.append({"path": path.name, "methods": path.methods, "precision": path.precision, "cpu_s": cpu,
+                     "wall_s": wall, "runs": runs, "cpu_s_per_step": cpu / int(args.steps),
+                     "speedup_vs_baseline": statistics.median(per_round),
+                     "speedup_range": [min(per_round), max(per_round)], "gflops": gflops,
+                     "page_faults_per_step": statistics.median(runs["faults"]) / int(args.steps),
                      "roofline_fp32": gflops / matmul["fp32"],
-                     "roofline_same_precision": gflops / matmul.get(precision, matmul["fp32"])})
+                     "roofline_same_precision": gflops / matmul.get(path.precision, matmul["fp32"])})
     return {"batch": batch, "steps": int(args.steps), "scale": scale,
             "gflop_per_guided_step": flops_step / 1e9, "baseline_gflop_per_step": flops_base / 2 / 1e9,
             "gflop_by_op": {k: v / 2 / 1e9 for k, v in sorted(per_op.items(), key=lambda kv: -kv[1])},
+            "baseline_gflop_by_op": {k: v / 2 / 1e9 for k, v in sorted(base_per_op.items(), key=lambda kv: -kv[1])},
             "equality": equality, "rows": rows}
 
 
@@ -339,15 +356,17 @@ def table(results: dict[str, Any]) -> str:
         lines += ["",
                   f"tiny guided-diffusion pair, batch {t['batch']}, {t['steps']} DDPM steps, "
                   f"{t['gflop_per_guided_step']:.2f} GFLOP per guided step (baseline counts "
-                  f"{t['baseline_gflop_per_step']:.2f})",
+                  f"{t['baseline_gflop_per_step']:.2f}: it recomputes attention in the backward); a two-method "
+                  "path is compared with twice the baseline's time in the same round; ratio = median over rounds",
                   "",
-                  "| path | CPU s | wall s | CPU s / step | vs baseline | GFLOPS | of fp32 matmul | "
-                  "of matmul, same precision |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| path | CPU s | wall s | CPU s / step | vs baseline (range over rounds) | GFLOPS | "
+                  "of fp32 matmul | of matmul, same precision | page faults / step |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in t["rows"]:
             lines.append(f"| {r['path']} | {r['cpu_s']:.2f} | {r['wall_s']:.2f} | {r['cpu_s_per_step']:.3f} | "
-                         f"{r['speedup_vs_baseline']:.2f}x | {r['gflops']:.1f} | {100 * r['roofline_fp32']:.0f} % | "
-                         f"{100 * r['roofline_same_precision']:.0f} % |")
+                         f"{r['speedup_vs_baseline']:.2f}x ({r['speedup_range'][0]:.2f}-{r['speedup_range'][1]:.2f}) | "
+                         f"{r['gflops']:.1f} | {100 * r['roofline_fp32']:.0f} % | "
+                         f"{100 * r['roofline_same_precision']:.0f} % | {r['page_faults_per_step']:,.0f} |")
         e = t["equality"]
         lines += ["", f"engine vs baseline, same x_T and noise: max |diff| {e['max_abs_diff_engine_vs_baseline']:.2e}; "
                       f"bf16 vs fp32 engine: max |diff| {e['max_abs_diff_bf16_vs_fp32']:.3f}, mean "
