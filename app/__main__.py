@@ -171,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads or max(1, min(4, os.cpu_count() or 1)))
+    from engine.allocator import keep_freed_memory
+
+    keep_freed_memory()  # on the main thread, before the server's threads sample (engine.allocator)
     bundle = open_bundle(args)
 
     from .server import SurveyOptions, create_server, serve

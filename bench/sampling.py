@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import os
 import platform
 import statistics
@@ -93,10 +94,27 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, di
     return times
 
 
-def time_in_workers(paths: list[TinyPath], args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
-    """CPU and wall seconds (and minor page faults) of every path, each path in its own worker process
-    (``bench.tiny_paths``), run one at a time round-robin: one warm-up round, then
-    ``args.repeats`` timed rounds, so that machine noise hits every path alike."""
+def _receive(name: str, proc: Any, conn: Any, timeout: float = 3600.0) -> tuple[str, Any]:
+    """The next message of worker ``name``; a worker that died or fell silent stops the
+    benchmark with its exit code instead of hanging it."""
+    ready = mp_connection.wait([conn, proc.sentinel], timeout)
+    if conn in ready:
+        try:
+            return conn.recv()
+        except EOFError:
+            pass
+    proc.join(timeout=1)
+    raise SystemExit(f"tiny path {name!r}: its worker process "
+                     + ("exited with code %s" % proc.exitcode if not proc.is_alive() else "sent nothing for an hour"))
+
+
+def time_in_workers(paths: list[TinyPath], args: argparse.Namespace) -> tuple[dict[str, dict[str, list[float]]],
+                                                                              dict[str, bool]]:
+    """CPU and wall seconds (and minor page faults) of every path, each path in its own
+    worker process (``bench.tiny_paths``), run one at a time round-robin in a fixed order:
+    one warm-up round, then ``args.repeats`` timed rounds, so that
+    machine noise hits every path alike. Also returns, per path, whether its process keeps
+    freed memory (``engine.allocator``)."""
     ctx = mp.get_context("spawn")
     workers = {}
     try:
@@ -105,22 +123,25 @@ def time_in_workers(paths: list[TinyPath], args: argparse.Namespace) -> dict[str
             proc = ctx.Process(target=tiny_worker, daemon=True,
                                args=(there, path.key, str(args.reference), args.batch, args.steps, args.threads))
             proc.start()
+            there.close()  # the worker holds the only other end: its death reads as end of file
             workers[path.name] = (proc, here)
-        for name, (_, conn) in workers.items():
-            kind, detail = conn.recv()
+        kept = {}
+        for name, (proc, conn) in workers.items():
+            kind, detail = _receive(name, proc, conn)
             if kind != "ready":
                 raise SystemExit(f"tiny path {name!r} failed to start: {detail}")
+            kept[name] = bool(detail)
         times: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": [], "faults": []} for name in workers}
         for round_ in range(args.repeats + 1):
-            for name, (_, conn) in workers.items():
+            for name, (proc, conn) in workers.items():
                 conn.send("run")
-                kind, detail = conn.recv()
-                if kind != "time":  # pragma: no cover - the worker died mid-run
+                kind, detail = _receive(name, proc, conn)
+                if kind != "time":
                     raise SystemExit(f"tiny path {name!r} failed: {detail}")
                 if round_:
                     for field, value in zip(("cpu", "wall", "faults"), detail):
                         times[name][field].append(value)
-        return times
+        return times, kept
     finally:
         for proc, conn in workers.values():
             try:
@@ -164,7 +185,7 @@ def bench_tiny(args: argparse.Namespace, matmul: dict[str, float]) -> dict[str, 
                 "mean_abs_diff_bf16_vs_fp32": float((got_bf16 - got).abs().mean())}
 
     paths = list(FP32_PATHS) + (list(BF16_PATHS) if "bf16" in args.precisions else [])
-    times = time_in_workers(paths, args)
+    times, kept = time_in_workers(paths, args)
 
     # FLOPs per guided step (the same at every t): count a 2-step run of each loop
     flops_engine, per_op = count_flops(lambda: engine(steps="2"))
@@ -185,6 +206,7 @@ def bench_tiny(args: argparse.Namespace, matmul: dict[str, float]) -> dict[str, 
                      "speedup_vs_baseline": statistics.median(per_round),
                      "speedup_range": [min(per_round), max(per_round)], "gflops": gflops,
                      "page_faults_per_step": statistics.median(runs["faults"]) / int(args.steps),
+                     "freed_memory_kept": kept[path.name],
                      "roofline_fp32": gflops / matmul["fp32"],
                      "roofline_same_precision": gflops / matmul.get(path.precision, matmul["fp32"])})
     return {"batch": batch, "steps": int(args.steps), "scale": scale,

@@ -122,20 +122,30 @@ def build_run(key: str, reference: Path, batch: int, steps: int) -> Callable[[],
 
 
 def worker(conn: Any, key: str, reference: str, batch: int, steps: int, threads: int) -> None:
-    """Worker process: build path ``key``, then time one run per "run" message and send
-    back (CPU seconds, wall seconds, minor page faults); "stop" ends it."""
+    """Worker process: build path ``key``, send ("ready", whether freed memory is kept in
+    this process), then time one run per "run" message and send back (CPU seconds, wall
+    seconds, minor page faults); "stop" ends it. A failure is sent as ("error", message)."""
     if key == "engine-returned":
         os.environ["RCG_KEEP_FREED_MEMORY"] = "0"
     torch.set_num_threads(threads)
     try:
         run = build_run(key, Path(reference), batch, steps)
-        conn.send(("ready", None))
+        from engine.allocator import freed_memory_kept, keep_freed_memory
+
+        if key.startswith("engine"):
+            keep_freed_memory()  # what the engine's first sample() does (off for "engine-returned")
+
+        conn.send(("ready", freed_memory_kept()))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which stops
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
     while conn.recv() == "run":
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        wall, cpu = time.perf_counter(), time.process_time()
-        run()
-        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-        conn.send(("time", (cpu, wall, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)))
+        try:
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            wall, cpu = time.perf_counter(), time.process_time()
+            run()
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            conn.send(("time", (cpu, wall, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)))
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, which stops
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            return

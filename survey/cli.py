@@ -327,11 +327,14 @@ def bundle_survey_defaults(bundle: Any) -> dict[str, Any]:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
+    from engine.allocator import keep_freed_memory
+
     from .create import MethodSpec, StudyPlan, check_name_free, create_study, read_class_names, units_from_bundle, \
         units_from_folders, units_from_npz
     from .db import open_db
     from .progress import GenerationProgress
 
+    keep_freed_memory()  # on the main thread, before any sampling (engine.allocator)
     if not args.from_run and (args.columns or args.bundle):
         raise SystemExit("error: --columns and --bundle go with --from-run (with --from-bundle, name the folder there)")
     media = args.media or default_media(args.db)

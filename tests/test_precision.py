@@ -150,7 +150,7 @@ def test_half_precision_norm_softmax_and_pooling_keep_float32_statistics():
     """On the CPU the 16-bit torso skips the reference's cast up and back around group norm
     and softmax (the kernels accumulate in float32) and pools 2x2 from strided views: the
     results equal the reference's way to within one rounding of the 16-bit output; float32
-    inputs take the reference's path unchanged."""
+    inputs give the reference's values exactly."""
     from engine.nets.layers import Downsample, GroupNorm32, _attention
 
     torch.manual_seed(0)

@@ -121,3 +121,13 @@ def test_cpu_2x2_mean_pooling_equals_torch_kernel_bit_for_bit(shape):
     assert torch.equal(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
     odd = torch.randn(2, shape[1], 7, 7)
     assert torch.equal(down(odd), F.avg_pool2d(odd, 2))  # odd sizes: the kernel (drops the last row / column)
+    # forward-mode AD and torch.func (per-sample gradients) work as they do through the kernel
+    import torch.autograd.forward_ad as fwAD
+
+    plain = x.detach()
+    with fwAD.dual_level():
+        tangent = fwAD.unpack_dual(down(fwAD.make_dual(plain, g.repeat_interleave(2, -1).repeat_interleave(2, -2)))).tangent
+    assert torch.equal(tangent, F.avg_pool2d(g.repeat_interleave(2, -1).repeat_interleave(2, -2), 2))
+    per_sample = torch.func.vmap(torch.func.grad(lambda v: down(v[None]).sin().sum()))(plain)
+    want = torch.stack([torch.func.grad(lambda v: F.avg_pool2d(v[None], 2).sin().sum())(v) for v in plain])
+    assert torch.equal(per_sample, want)

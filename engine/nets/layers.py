@@ -129,13 +129,14 @@ def upsample_nearest_2x(x: torch.Tensor) -> torch.Tensor:
 
     The same values as ``F.interpolate(x, scale_factor=2, mode="nearest")``, which on the
     CPU is several times slower at these sizes (it makes an extra contiguous copy of its
-    output). Without a graph (sampling) the output is filled by two strided copies of x
+    output). On the CPU without a graph (sampling) the output is filled by two strided copies of x
     into the even rows and one copy of the even rows into the odd ones (~4x faster than one
     broadcast copy, whose innermost run is 2 elements); with a graph (training) it is the
     broadcast copy, whose backward sums each 2 x 2 block (interpolate's in another order,
     equal to float32 rounding)."""
     b, c, h, w = x.shape
-    if torch.is_grad_enabled() and x.requires_grad:
+    if (torch.is_grad_enabled() and x.requires_grad) or x.device.type != "cpu" \
+            or torch._C._functorch.is_functorch_wrapped_tensor(x):  # graph, CUDA (not measured), torch.func
         return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
     out = x.new_empty((b, c, h, 2, w, 2))
     even_rows = out[:, :, :, 0]
@@ -175,19 +176,34 @@ class _Mean2x2(torch.autograd.Function):
     kernels (which loop over each window; ~3x forward, ~2x forward + backward on the tiny
     pair's 32x32 and 16x16 maps), for the same values: in float32 the four terms are added
     in the kernel's order, left to right starting from row 2i, so the result is equal bit
-    for bit (pinned by tests/test_nets.py); in 16 bits they are added in pairs (three 16-bit
-    roundings where the kernel, which accumulates in float32, has one)."""
+    for bit (up to the sign of a zero sum; pinned by tests/test_reference_networks.py); in
+    16 bits they are added in pairs (three 16-bit roundings where the kernel, which
+    accumulates in float32, has one). Forward-mode AD and ``torch.func`` transforms work."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001 - autograd protocol
-        a, b, c, d = x[..., ::2, ::2], x[..., ::2, 1::2], x[..., 1::2, ::2], x[..., 1::2, 1::2]
-        if cpu_half(x):
-            return ((a + c) + (b + d)) * 0.25
-        return (((a + b) + c) + d) * 0.25
+    def forward(x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001 - autograd protocol
+        return _mean_2x2(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 - autograd protocol
+        pass
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001 - autograd protocol
         return upsample_nearest_2x(grad * 0.25)
+
+    @staticmethod
+    def jvp(ctx, tangent: torch.Tensor) -> torch.Tensor:  # noqa: ANN001 - autograd protocol
+        return _mean_2x2(tangent)
+
+
+def _mean_2x2(x: torch.Tensor) -> torch.Tensor:
+    a, b, c, d = x[..., ::2, ::2], x[..., ::2, 1::2], x[..., 1::2, ::2], x[..., 1::2, 1::2]
+    if cpu_half(x):
+        return ((a + c) + (b + d)) * 0.25
+    return (((a + b) + c) + d) * 0.25
 
 
 class ResBlock(TimestepBlock):
