@@ -15,8 +15,8 @@ Sections (``--only`` picks some):
             every path in its own worker process, run one at a time round-robin; FLOPs
             per step counted with torch.utils.flop_counter, achieved GFLOPS (the engine's
             FLOPs, for every row) and their fraction of a matmul measured in the same run
-            (the roofline); the largest difference between the engine's and the
-            baseline's samples from the same x_T and noise (it is 0).
+            (the roofline); minor page faults per step; the largest difference between
+            the engine's and the baseline's samples from the same x_T and noise (it is 0).
 ``lab``     the lab's default side by side on the bundle (4 seeds x the bundle's
             default columns, the lab's default steps, traced as the lab traces it),
             fp32 and bf16; the gradient inspector and the Stability run with their

@@ -102,6 +102,7 @@ def test_wrong_labels_and_shapes_are_clear_errors(reference):
         model(fixture["x"], fixture["timesteps"])
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch.func's own use
 @pytest.mark.parametrize("shape", [(3, 32, 32, 32), (2, 64, 16, 16), (4, 8, 8, 6)])
 def test_cpu_2x2_mean_pooling_equals_torch_kernel_bit_for_bit(shape):
     """The CPU float32 2x2 average pooling of the networks (four strided views added in
