@@ -28,9 +28,8 @@ changes a value; they are what guided-diffusion costs.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import copy
+from typing import Callable
 
 import numpy as np
 import torch

@@ -7,12 +7,13 @@ Sections (``--only`` picks some):
             a straightforward guided-diffusion-style loop written in bench/baseline.py
             (one method at a time, global RNG, classifier forward + backward per step,
             the networks run as guided-diffusion's modules run them: attention recomputed
-            in the backward, F.interpolate upsampling); the same loop on the engine's
+            in the backward, F.interpolate upsampling, torch's pooling kernel); the same loop on the engine's
             networks, with and without the engine's allocator setting (what each part of
             the difference is worth); the engine for one method (also with freed memory
             returned to the OS), for two methods in two calls and side by side (against
-            twice the baseline's time in the same round), fp32 and bf16 (and bf16 with the guide kept in fp32);
-            every path in its own worker process, run one at a time round-robin; FLOPs
+            twice the baseline's time in the same round), fp32 and bf16 (and bf16 with
+            the guide kept in fp32); every path in its own worker process, run one at a
+            time round-robin; FLOPs
             per step counted with torch.utils.flop_counter, achieved GFLOPS (the engine's
             FLOPs, for every row) and their fraction of a matmul measured in the same run
             (the roofline); minor page faults per step; the largest difference between

@@ -85,10 +85,6 @@ def build_run(key: str, reference: Path, batch: int, steps: int) -> Callable[[],
     x_T, y = tiny_inputs(batch, unet.image_size, unet.in_channels)
     respacing, scale = str(steps), 1.0
     if key.startswith("loop"):
-        if key == "loop-engine-nets-kept":
-            from engine.allocator import keep_freed_memory
-
-            keep_freed_memory()
         if key.startswith("loop-gd"):
             unet, clf = with_guided_diffusion_ops(unet), with_guided_diffusion_ops(clf)
         base = BaselineDiffusion(respacing=respacing)
@@ -125,16 +121,15 @@ def worker(conn: Any, key: str, reference: str, batch: int, steps: int, threads:
     """Worker process: build path ``key``, send ("ready", whether freed memory is kept in
     this process), then time one run per "run" message and send back (CPU seconds, wall
     seconds, minor page faults); "stop" ends it. A failure is sent as ("error", message)."""
+    from engine.allocator import ENV_SWITCH, freed_memory_kept, keep_freed_memory
+
     if key == "engine-returned":
-        os.environ["RCG_KEEP_FREED_MEMORY"] = "0"
+        os.environ[ENV_SWITCH] = "0"
+    if key.startswith("engine") or key == "loop-engine-nets-kept":
+        keep_freed_memory()  # what the engine's first sample() does (off for "engine-returned")
     torch.set_num_threads(threads)
     try:
         run = build_run(key, Path(reference), batch, steps)
-        from engine.allocator import freed_memory_kept, keep_freed_memory
-
-        if key.startswith("engine"):
-            keep_freed_memory()  # what the engine's first sample() does (off for "engine-returned")
-
         conn.send(("ready", freed_memory_kept()))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which stops
         conn.send(("error", f"{type(exc).__name__}: {exc}"))

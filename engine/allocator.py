@@ -2,11 +2,11 @@
 
 On Linux, glibc's ``malloc`` returns the free top of its heap to the kernel as soon as it
 exceeds ``M_TRIM_THRESHOLD`` and serves large blocks by ``mmap`` (``M_MMAP_THRESHOLD``);
-both start at 128 KiB (glibc raises them as it sees large blocks freed). A sampling step allocates and frees dozens of
-activation tensors of 0.1-10 MB, so memory goes back to the kernel and comes back as
-fresh pages every step: each 4 KiB page faults and is zeroed by the kernel
-(``python -m bench.sampling`` counts the page faults per step and times the engine and
-the baseline loop with and without this setting).
+both start at 128 KiB (glibc raises them as it sees large blocks freed). A sampling step
+allocates and frees dozens of activation tensors of 0.1-10 MB, so memory goes back to the
+kernel and comes back as fresh pages every step: each 4 KiB page faults and is zeroed
+by the kernel (``python -m bench.sampling`` counts the page faults per step and times the
+engine and the baseline loop with and without this setting).
 
 :func:`keep_freed_memory` raises both thresholds (``mallopt``) for the rest of the process:
 blocks below 32 MiB come from the heap, and up to 256 MiB of free heap top stays with the
@@ -16,9 +16,8 @@ documents ``mallopt`` as not thread-safe; the call takes a lock of its own and r
 Threads created after the call share the main heap (``M_ARENA_MAX`` 1): a thread's own
 malloc arena gives whole heaps back to the kernel whatever the trim threshold, so the lab
 server's sampling threads would keep faulting. The arithmetic is untouched. The cost is
-memory the process keeps after a run: freed
-blocks stay in the heap (each malloc arena keeps up to the trim threshold at its top, and
-a live block keeps the free ones below it from being returned). PyTorch's CPU performance
+memory the process keeps after a run: freed blocks stay in the heap (up to the trim
+threshold at its top, and a live block keeps the free ones below it from being returned). PyTorch's CPU performance
 guide recommends a caching allocator (jemalloc, tcmalloc) for the same reason; this needs
 no extra library. ``RCG_KEEP_FREED_MEMORY=0`` in the environment turns it off; it does
 nothing outside glibc (macOS, Windows, musl).
@@ -58,8 +57,8 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def keep_freed_memory() -> bool:
-    """Set glibc's trim and mmap thresholds (see the module docstring) once per process;
-    later calls do nothing. Returns whether the setting is in force."""
+    """Set glibc's trim and mmap thresholds and one malloc arena (see the module docstring)
+    once per process; later calls do nothing. Returns whether the setting is in force."""
     with _lock:
         if not _state["done"]:
             _state["done"] = True
@@ -75,5 +74,5 @@ def keep_freed_memory() -> bool:
 
 
 def freed_memory_kept() -> bool:
-    """Whether :func:`keep_freed_memory` has set the thresholds in this process."""
+    """Whether :func:`keep_freed_memory` has set glibc's malloc in this process."""
     return bool(_state["applied"])
